@@ -1,0 +1,1 @@
+"""Subcommands of the ``dicp`` CLI (see ``dicp_jax/cli.py``)."""

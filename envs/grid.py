@@ -1,0 +1,122 @@
+"""Shared machinery of the Darkroom family: a point agent on an ``n x n`` grid.
+
+Every variant is a gymnax ``Environment`` whose *task* lives in ``EnvParams`` (a pytree of
+arrays, so a batch of tasks is just a batch of params) while the grid size and horizon are
+static attributes of the env object (they fix array shapes and scan lengths).
+
+Actions: 0: x+1, 1: x-1, 2: y+1, 3: y-1, 4: stay. Positions are clipped to the grid.
+Inside ``jit`` nothing can raise, so an out-of-range action is clipped into ``[0, 4]``
+(negative -> 0, anything above 4 -> 4 = stay). Episodes end only by the horizon.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from gymnax.environments import environment, spaces
+
+NUM_ACTIONS = 5
+STAY = 4
+# Displacement of each base action: rows are actions, columns (dx, dy).
+MOVES = np.array([[1, 0], [-1, 0], [0, 1], [0, -1], [0, 0]], dtype=np.int32)
+
+
+def move(pos: chex.Array, base_action: chex.Array, grid_size: int) -> chex.Array:
+    """Apply a base action to an ``int32[2]`` position and clip to the grid."""
+    base_action = jnp.clip(base_action, 0, NUM_ACTIONS - 1)
+    return jnp.clip(pos + jnp.asarray(MOVES)[base_action], 0, grid_size - 1)
+
+
+def toward(pos: chex.Array, target: chex.Array) -> chex.Array:
+    """Base action on a shortest path from ``pos`` to ``target`` (x first, then y; stay there)."""
+    dx, dy = target[0] - pos[0], target[1] - pos[1]
+    return jnp.select(
+        [dx > 0, dx < 0, dy > 0, dy < 0],
+        [0, 1, 2, 3],
+        default=STAY,
+    ).astype(jnp.int32)
+
+
+def manhattan(a: Any, b: Any) -> int:
+    return int(abs(int(a[0]) - int(b[0])) + abs(int(a[1]) - int(b[1])))
+
+
+def check_cell(name: str, cell: Any, grid_size: int) -> None:
+    """Host-side validation of a cell given at construction time."""
+    cell = np.asarray(cell)
+    if cell.shape != (2,):
+        raise ValueError(f"{name} must be a pair [x, y], got shape {cell.shape}")
+    if not np.all((cell >= 0) & (cell < grid_size)):
+        raise ValueError(f"{name} {cell.tolist()} lies outside the {grid_size}x{grid_size} grid")
+
+
+class GridEnv(environment.Environment):
+    """Base class: static grid size, horizon and start cell; subclasses add the task."""
+
+    def __init__(self, grid_size: int = 9, horizon: int = 20, start: Any = None):
+        super().__init__()
+        if int(grid_size) < 2:
+            raise ValueError(f"grid_size must be >= 2, got {grid_size}")
+        if int(horizon) < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self.grid_size = int(grid_size)
+        self.horizon = int(horizon)
+        start = (self.grid_size // 2, self.grid_size // 2) if start is None else start
+        check_cell("start", start, self.grid_size)
+        self.start = tuple(int(v) for v in start)
+
+    # -- gymnax plumbing -------------------------------------------------------------------
+    def is_truncated(self, state, params) -> chex.Array:
+        return state.time >= self.horizon
+
+    def observe(self, key, state, action, params) -> chex.Array:
+        return state.pos
+
+    def get_obs(self, state, params=None, key=None) -> chex.Array:
+        return state.pos
+
+    def is_terminated(self, state, params) -> chex.Array:
+        return jnp.array(False)
+
+    @property
+    def num_actions(self) -> int:
+        return NUM_ACTIONS
+
+    @property
+    def obs_dim(self) -> int:
+        return 2
+
+    def action_space(self, params=None) -> spaces.Discrete:
+        return spaces.Discrete(NUM_ACTIONS)
+
+    def observation_space(self, params=None) -> spaces.Box:
+        return spaces.Box(0, self.grid_size - 1, (2,), jnp.int32)
+
+    def start_pos(self) -> chex.Array:
+        return jnp.asarray(self.start, dtype=jnp.int32)
+
+    # -- task set (host side) ----------------------------------------------------------------
+    def task_list(self) -> list[tuple[int, ...]]:
+        """Every task of this env, in the paper's row-major enumeration order."""
+        raise NotImplementedError
+
+    def params_for(self, tasks: np.ndarray):
+        """Batched ``EnvParams`` for an ``int[N, k]`` array of task tuples."""
+        raise NotImplementedError
+
+    def optimal_return(self, params) -> chex.Array:
+        """Best achievable episode return of a task (jittable, vmappable)."""
+        raise NotImplementedError
+
+    def optimal_action(self, state, params) -> chex.Array:
+        """An action on an optimal path from ``state`` (jittable, vmappable)."""
+        raise NotImplementedError
+
+
+def cells(grid_size: int) -> list[tuple[int, int]]:
+    """All cells ``(i, j)`` in row-major order."""
+    return [(i, j) for i in range(grid_size) for j in range(grid_size)]

@@ -1,0 +1,89 @@
+"""Registry of environments and their train/test task splits.
+
+A split is the paper's public-code procedure: enumerate the tasks in row-major order,
+``random.seed(split_seed)``, ``random.shuffle``, first ``round(n * train_ratio)`` are train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+SPLITS = ("train", "test", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    name: str
+    factory: Callable[..., Any]
+    split_seed: int
+    train_ratio: float
+
+
+_REGISTRY: dict[str, Spec] = {}
+
+
+def register(name: str, factory: Callable[..., Any], split_seed: int = 0,
+             train_ratio: float = 0.9) -> None:
+    """Make ``factory`` (a ``GridEnv``-like class) available as ``make(name)``."""
+    if name in _REGISTRY:
+        raise ValueError(f"environment {name!r} is already registered")
+    _REGISTRY[name] = Spec(name, factory, split_seed, train_ratio)
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def spec(name: str) -> Spec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown environment {name!r}; known: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def make(name: str, **env_kwargs: Any):
+    """gymnax-style constructor: ``env, params = make("darkroom")``."""
+    env = spec(name).factory(**env_kwargs)
+    return env, env.default_params
+
+
+def split_indices(name: str, split: str = "all", seed: int | None = None,
+                  ratio: float | None = None, n_tasks: int | None = None) -> np.ndarray:
+    """Indices (into the row-major task list) of a split, in the shuffled order."""
+    s = spec(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if n_tasks is None:
+        n_tasks = len(make(name)[0].task_list())
+    seed = s.split_seed if seed is None else seed
+    ratio = s.train_ratio if ratio is None else ratio
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"train ratio must be in [0, 1], got {ratio}")
+    order = list(range(n_tasks))
+    if split == "all":
+        return np.asarray(order, dtype=np.int64)
+    random.seed(seed)
+    random.shuffle(order)
+    n_train = round(n_tasks * ratio)
+    chosen = order[:n_train] if split == "train" else order[n_train:]
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def task_array(name: str, split: str = "all", seed: int | None = None,
+               ratio: float | None = None, **env_kwargs: Any) -> np.ndarray:
+    """The split's task tuples as an ``int[N, k]`` array (k = 2 goal, 4 key+door, 1 perm)."""
+    env, _ = make(name, **env_kwargs)
+    all_tasks = np.asarray(env.task_list(), dtype=np.int32)
+    idx = split_indices(name, split, seed, ratio, n_tasks=len(all_tasks))
+    return all_tasks[idx]
+
+
+def tasks(name: str, split: str = "all", seed: int | None = None,
+          ratio: float | None = None, **env_kwargs: Any):
+    """The split's tasks as ONE batched ``EnvParams`` pytree (leading axis = task)."""
+    env, _ = make(name, **env_kwargs)
+    return env.params_for(task_array(name, split, seed, ratio, **env_kwargs))
