@@ -1,0 +1,251 @@
+"""One causal Transformer for Algorithm Distillation (AD) and DICP.
+
+Token layout: two tokens per transition t (o: observation, r: reward, a: action)::
+
+    step       t=0              t=1              t=2           ...
+    token      S0     A0        S1     A1        S2     A2
+    content    o0,0,F a0        o1,r0,f1 a1      o2,r1,f2 a2
+    position   0      1         2      3         4      5        (pos = 2*step + kind)
+    predicts   a0     r0,o0',G0 a1     r1,o1',G1 a2     r2,o2',G2
+
+S = state token (observation, previous reward, ``first`` = episode start flag), A = action
+token. Every state token is an imitation target (the next action) and every action token a
+dynamics target (reward r_t, true next observation o_t' and return-to-go G_t), so one window
+of n transitions gives n targets of each kind instead of the one target of the paper's code.
+At an episode boundary the next state token carries the reset observation with first=True,
+so the model never confuses it with o_t'. Extending a context by one step = two new tokens.
+
+Positions use rotary embeddings (relative), and attention follows one *visibility rule*:
+query (step s_q, pos p_q) sees key (s_k, p_k) iff p_k <= p_q and s_k > s_q - n_transit (and
+the key is not an empty cache slot). Training windows are plain causal windows under this
+rule; at inference keys/values live in ring-buffer caches (``KVCache``, RoPE already applied)
+of >= 2 * n_transit slots, and decoding token by token reproduces exactly the windowed
+forward pass over the same steps. (As with any sliding-window attention, cached keys of
+deeper layers carry information from up to n_layers * (n_transit - 1) steps back; a
+training window of n_transit steps is the special case where nothing older exists.)
+Several caches can be attended jointly (one softmax), e.g. a shared real-context cache plus a
+small per-beam cache of a planner.
+
+The module works on ONE sequence ``[T]``; batch with ``jax.vmap`` (caches may be shared via
+``in_axes=None``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+EMPTY_STEP = -(2**30)  # step of an unused cache slot: never visible
+
+
+class Tokens(NamedTuple):  # leading shape [..., T]
+    kind: Array  # int32 [T]: 0 state token, 1 action token
+    obs: Array  # [T, obs_dim] (state tokens; ignored on action tokens)
+    prev_reward: Array  # float32 [T] (state tokens)
+    first: Array  # bool [T] (state tokens): first step of an episode
+    action: Array  # int32 [T] (action tokens)
+    step: Array  # int32 [T]: absolute transition index; position = 2*step + kind
+
+
+class KVCache(NamedTuple):
+    k: Array  # [n_layers, L, n_heads, d_head] keys (RoPE already applied at their pos)
+    v: Array  # [n_layers, L, n_heads, d_head]
+    step: Array  # int32 [L]; EMPTY_STEP for unused slots
+    pos: Array  # int32 [L]
+
+
+class NewKV(NamedTuple):
+    k: Array  # [n_layers, T, n_heads, d_head] (RoPE applied)
+    v: Array  # [n_layers, T, n_heads, d_head]
+
+
+class Heads(NamedTuple):
+    action_logits: Array  # [T, n_actions]        (meaningful on state tokens)
+    reward_logits: Array  # [T, n_reward_classes] (meaningful on action tokens)
+    obs_logits: Array  # [T, n_obs_classes]       (action tokens)
+    rtg: Array  # [T] predicted return-to-go in reward units (action tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Paper sizes for the Darkroom family (n_transit 200 for Key-to-Door / Permuted)."""
+
+    n_transit: int = 80  # context length in transitions (2 tokens each)
+    width: int = 32
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp: int = 128
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    rope_base: float = 10000.0
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
+
+    def validate(self) -> None:
+        from dicp_jax.config import ConfigError
+
+        if self.width % self.n_heads or (self.width // self.n_heads) % 2:
+            raise ConfigError(f"width={self.width} must split into n_heads={self.n_heads} "
+                              "heads of even size (RoPE rotates pairs)")
+        for k in ("n_transit", "width", "n_layers", "n_heads", "mlp"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attn_dropout < 1.0):
+            raise ConfigError("dropout and attn_dropout must be in [0, 1)")
+
+    @property
+    def d_head(self) -> int:
+        return self.width // self.n_heads
+
+
+# -- cache helpers ------------------------------------------------------------------------------
+def init_cache(cfg: ModelConfig, length: int) -> KVCache:
+    shape = (cfg.n_layers, length, cfg.n_heads, cfg.d_head)
+    return KVCache(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32),
+                   jnp.full((length,), EMPTY_STEP, jnp.int32), jnp.zeros((length,), jnp.int32))
+
+
+def ring_slots(pos: Array, length: int) -> Array:
+    return jnp.asarray(pos) % length
+
+
+def write_cache(cache: KVCache, new_kv: NewKV, tokens_step: Array, tokens_pos: Array,
+                slots: Array) -> KVCache:
+    """Write T new keys/values into ``slots`` [T] (e.g. ``ring_slots(pos, L)``)."""
+    return KVCache(cache.k.at[:, slots].set(new_kv.k.astype(cache.k.dtype)),
+                   cache.v.at[:, slots].set(new_kv.v.astype(cache.v.dtype)),
+                   cache.step.at[slots].set(tokens_step.astype(jnp.int32)),
+                   cache.pos.at[slots].set(tokens_pos.astype(jnp.int32)))
+
+
+def token_pos(tokens: Tokens) -> Array:
+    return 2 * tokens.step.astype(jnp.int32) + tokens.kind.astype(jnp.int32)
+
+
+def visible(q_step: Array, q_pos: Array, k_step: Array, k_pos: Array, n_transit: int) -> Array:
+    """The visibility rule as a bool mask [Tq, Lk]."""
+    q_step, q_pos = q_step[:, None], q_pos[:, None]
+    k_step, k_pos = k_step[None, :], k_pos[None, :]
+    return (k_pos <= q_pos) & (k_step > q_step - n_transit) & (k_step != EMPTY_STEP)
+
+
+def rope(x: Array, pos: Array, base: float) -> Array:
+    """Rotary embedding of x [T, H, D] at integer positions [T] (rotate-half convention)."""
+    half = x.shape[-1] // 2
+    freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    ang = pos.astype(jnp.float32)[:, None] * freq  # [T, half]
+    cos, sin = jnp.cos(ang)[:, None, :], jnp.sin(ang)[:, None, :]
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
+# -- modules --------------------------------------------------------------------------------------
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, pos, step, caches_k, caches_v, key_step, key_pos, deterministic):
+        """x [T, W]; caches_k/v: this layer's cached [L, H, D] arrays (may be empty)."""
+        cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+        h = nn.LayerNorm(dtype=dt)(x)
+        qkv = nn.DenseGeneral((3, cfg.n_heads, cfg.d_head), dtype=dt, name="qkv")(h)
+        q, k, v = (qkv[:, i] for i in range(3))  # [T, H, D]
+        q, k = rope(q, pos, cfg.rope_base), rope(k, pos, cfg.rope_base)
+        keys = jnp.concatenate([c.astype(dt) for c in caches_k] + [k], 0)  # [Lk, H, D]
+        vals = jnp.concatenate([c.astype(dt) for c in caches_v] + [v], 0)
+        logits = jnp.einsum("thd,lhd->htl", q, keys).astype(jnp.float32) / jnp.sqrt(cfg.d_head)
+        mask = visible(step, pos, key_step, key_pos, cfg.n_transit)
+        logits = jnp.where(mask[None], logits, jnp.finfo(jnp.float32).min)
+        att = jax.nn.softmax(logits, axis=-1)
+        att = nn.Dropout(cfg.attn_dropout)(att, deterministic=deterministic).astype(dt)
+        out = jnp.einsum("htl,lhd->thd", att, vals)
+        out = nn.DenseGeneral(cfg.width, axis=(-2, -1), dtype=dt, name="proj")(out)
+        x = x + nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
+        h = nn.LayerNorm(dtype=dt)(x)
+        h = nn.Dense(cfg.mlp, dtype=dt)(h)
+        h = nn.Dense(cfg.width, dtype=dt)(nn.gelu(h))
+        x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        return x, k, v
+
+
+class DICPTransformer(nn.Module):
+    """Pre-norm causal Transformer with policy, reward, next-obs and return-to-go heads."""
+
+    cfg: ModelConfig
+    codec: object
+
+    def embed(self, tokens: Tokens) -> Array:
+        cfg, codec, dt = self.cfg, self.codec, jnp.dtype(self.cfg.dtype)
+        w = cfg.width
+        if codec.discrete_obs:
+            e_obs = nn.Embed(codec.n_obs_classes, w, name="obs_embed")(codec.obs_input(tokens.obs))
+        else:
+            e_obs = nn.Dense(w, name="obs_embed")(codec.obs_input(tokens.obs))
+        if codec.discrete_reward:
+            e_rew = nn.Embed(codec.n_reward_classes, w, name="reward_embed")(
+                codec.reward_input(tokens.prev_reward))
+        else:
+            e_rew = nn.Dense(w, name="reward_embed")(
+                codec.reward_input(tokens.prev_reward)[..., None])
+        e_first = nn.Embed(2, w, name="first_embed")(tokens.first.astype(jnp.int32))
+        e_act = nn.Embed(codec.n_actions, w, name="action_embed")(
+            jnp.clip(tokens.action.astype(jnp.int32), 0, codec.n_actions - 1))
+        e_kind = nn.Embed(2, w, name="kind_embed")(tokens.kind.astype(jnp.int32))
+        is_state = (tokens.kind == 0)[..., None]
+        return (jnp.where(is_state, e_obs + e_rew + e_first, e_act) + e_kind).astype(dt)
+
+    @nn.compact
+    def __call__(self, tokens: Tokens, caches: tuple[KVCache, ...] = (),
+                 deterministic: bool = True) -> tuple[Heads, NewKV]:
+        cfg, codec = self.cfg, self.codec
+        step = tokens.step.astype(jnp.int32)
+        pos = token_pos(tokens)
+        key_step = jnp.concatenate([c.step for c in caches] + [step])
+        key_pos = jnp.concatenate([c.pos for c in caches] + [pos])
+        x = nn.Dropout(cfg.dropout)(self.embed(tokens), deterministic=deterministic)
+        ks, vs = [], []
+        for i in range(cfg.n_layers):
+            x, k, v = Block(cfg, name=f"block_{i}")(
+                x, pos, step, [c.k[i] for c in caches], [c.v[i] for c in caches],
+                key_step, key_pos, deterministic)
+            ks.append(k)
+            vs.append(v)
+        h = nn.LayerNorm(name="final_norm")(x).astype(jnp.float32)
+        heads = Heads(
+            action_logits=nn.Dense(codec.n_actions, name="action_head")(h),
+            reward_logits=nn.Dense(codec.reward_head_size, name="reward_head")(h),
+            obs_logits=nn.Dense(codec.obs_head_size, name="obs_head")(h),
+            rtg=nn.Dense(1, name="rtg_head")(h)[..., 0] * codec.rtg_scale,
+        )
+        return heads, NewKV(jnp.stack(ks), jnp.stack(vs))
+
+
+def init_params(model: DICPTransformer, key: Array, n_tokens: int | None = None):
+    """Parameters from a dummy window (shapes do not depend on its length)."""
+    n = n_tokens or 2
+    codec = model.codec
+    dummy = Tokens(kind=jnp.arange(n, dtype=jnp.int32) % 2,
+                   obs=jnp.zeros((n, codec.obs_dim), jnp.int32),
+                   prev_reward=jnp.zeros((n,), jnp.float32), first=jnp.zeros((n,), bool),
+                   action=jnp.zeros((n,), jnp.int32), step=jnp.arange(n, dtype=jnp.int32) // 2)
+    return model.init({"params": key}, dummy, deterministic=True)["params"]
+
+
+def interleave(obs: Array, prev_reward: Array, first: Array, action: Array,
+               step: Array) -> Tokens:
+    """Per-transition arrays [n, ...] -> Tokens [2n] (S0 A0 S1 A1 ...)."""
+    n = action.shape[0]
+    two = lambda a: jnp.repeat(a, 2, axis=0)
+    return Tokens(kind=jnp.tile(jnp.array([0, 1], jnp.int32), n),
+                  obs=two(obs), prev_reward=two(prev_reward.astype(jnp.float32)),
+                  first=two(first.astype(bool)), action=two(action.astype(jnp.int32)),
+                  step=two(step.astype(jnp.int32)))
+
+
+__all__ = ["EMPTY_STEP", "DICPTransformer", "Heads", "KVCache", "ModelConfig", "NewKV",
+           "Tokens", "init_cache", "init_params", "interleave", "ring_slots", "token_pos",
+           "visible", "write_cache"]

@@ -1,0 +1,143 @@
+"""Model contract: shapes, causality, and cache (ring buffer) equivalence."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dicp_jax.codec import GridCodec, codec_for_name
+from dicp_jax.model import (
+    DICPTransformer,
+    KVCache,
+    ModelConfig,
+    init_cache,
+    init_params,
+    interleave,
+    ring_slots,
+    token_pos,
+    write_cache,
+)
+
+CFG = ModelConfig(n_transit=6, width=16, n_layers=2, n_heads=2, mlp=32)
+CODEC = GridCodec(grid_size=5, n_actions=5, rtg_scale=10.0)
+
+
+def random_tokens(key, n: int, start: int = 0):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    obs = jax.random.randint(k1, (n, 2), 0, CODEC.grid_size)
+    rew = jax.random.bernoulli(k2, 0.3, (n,)).astype(jnp.float32)
+    first = jax.random.bernoulli(k3, 0.2, (n,))
+    act = jax.random.randint(k4, (n,), 0, CODEC.n_actions)
+    return interleave(obs, rew, first, act, jnp.arange(start, start + n))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = DICPTransformer(CFG, CODEC)
+    params = init_params(model, jax.random.PRNGKey(0))
+    return model, params
+
+
+def test_codec_roundtrip():
+    codec = codec_for_name("darkroom")
+    assert codec.n_obs_classes == 81 and codec.n_reward_classes == 2
+    obs = jnp.array([[0, 0], [3, 7], [8, 8]])
+    np.testing.assert_array_equal(codec.class_to_obs(codec.obs_to_class(obs)), obs)
+    np.testing.assert_array_equal(codec.reward_to_class(jnp.array([0.0, 1.0, 0.9])), [0, 1, 1])
+    assert codec.class_to_reward(1) == 1.0
+
+
+def test_shapes_and_dtype_variants(setup):
+    model, params = setup
+    tok = random_tokens(jax.random.PRNGKey(1), 7)
+    heads, kv = model.apply({"params": params}, tok)
+    assert heads.action_logits.shape == (14, 5)
+    assert heads.reward_logits.shape == (14, 2)
+    assert heads.obs_logits.shape == (14, 25)
+    assert heads.rtg.shape == (14,)
+    assert kv.k.shape == (CFG.n_layers, 14, CFG.n_heads, CFG.d_head)
+    # batched via vmap, with dropout rngs
+    toks = jax.tree.map(lambda a: jnp.stack([a, a]), tok)
+    f = jax.vmap(lambda t, k: model.apply({"params": params}, t, deterministic=False,
+                                          rngs={"dropout": k})[0].obs_logits)
+    out = f(toks, jax.random.split(jax.random.PRNGKey(2), 2))
+    assert out.shape == (2, 14, 25) and not np.allclose(out[0], out[1])
+    bf = DICPTransformer(ModelConfig(**{**CFG.__dict__, "dtype": "bfloat16"}), CODEC)
+    hb, _ = bf.apply({"params": params}, tok)
+    np.testing.assert_allclose(hb.obs_logits, heads.obs_logits, atol=0.1)
+
+
+def test_causality(setup):
+    """Changing a future token never changes an earlier output."""
+    model, params = setup
+    tok = random_tokens(jax.random.PRNGKey(3), 10)
+    base, _ = model.apply({"params": params}, tok)
+    for cut in (0, 5, 11, 19):  # change every token at index >= cut
+        other = random_tokens(jax.random.PRNGKey(100 + cut), 10)
+        mixed = jax.tree.map(
+            lambda a, b, c=cut: jnp.concatenate([a[:c], b[c:]]) if a.ndim else a, tok, other)
+        mixed = mixed._replace(step=tok.step, kind=tok.kind)
+        out, _ = model.apply({"params": params}, mixed)
+        for a, b in zip(base, out, strict=True):
+            np.testing.assert_allclose(a[:cut], b[:cut], atol=1e-5)
+            if cut < 18:
+                assert not np.allclose(a[cut:], b[cut:], atol=1e-5)
+
+
+def test_window_limits_visibility(setup):
+    """Each layer sees n_transit steps back, so step 0 cannot reach an output at step s once
+    s > n_layers * (n_transit - 1) (sliding-window attention's receptive field)."""
+    model, params = setup
+    n = 14
+    tok = random_tokens(jax.random.PRNGKey(4), n)
+    base, _ = model.apply({"params": params}, tok)
+    other = random_tokens(jax.random.PRNGKey(5), n)
+    mixed = jax.tree.map(lambda a, b: jnp.concatenate([b[:2], a[2:]]), tok, other)
+    out, _ = model.apply({"params": params}, mixed)
+    start = 2 * (1 + CFG.n_layers * (CFG.n_transit - 1))
+    np.testing.assert_allclose(base.obs_logits[start:], out.obs_logits[start:], atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_ring_cache_matches_full_forward(setup, chunk):
+    """Incremental decoding through a ring buffer smaller than the sequence (slots get
+    overwritten) equals one windowed forward pass; ``chunk`` = tokens fed per call."""
+    model, params = setup
+    n = 17  # transitions; 34 tokens >> cache length 2 * n_transit = 12
+    tok = random_tokens(jax.random.PRNGKey(6), n, start=1000)
+    full, full_kv = model.apply({"params": params}, tok)
+    cache = init_cache(CFG, 2 * CFG.n_transit)
+    outs = []
+    apply = jax.jit(lambda p, t, c: model.apply({"params": p}, t, caches=(c,)))
+    for i in range(0, 2 * n, chunk):
+        t = jax.tree.map(lambda a, i=i: a[i:i + chunk], tok)
+        heads, kv = apply(params, t, cache)
+        outs.append(heads)
+        pos = token_pos(t)
+        cache = write_cache(cache, kv, t.step, pos, ring_slots(pos, cache.step.shape[0]))
+    inc = jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+    for a, b in zip(full, inc, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+    # the cache holds the last 12 tokens' keys exactly as the full pass produced them
+    last = np.asarray(cache.pos).argsort()
+    np.testing.assert_allclose(cache.k[:, last], full_kv.k[:, -12:], atol=1e-5)
+
+
+def test_two_caches_attended_jointly(setup):
+    """Splitting the context across two caches (shared + per-beam) changes nothing."""
+    model, params = setup
+    tok = random_tokens(jax.random.PRNGKey(7), 8)
+    full, _ = model.apply({"params": params}, tok)
+    ctx = jax.tree.map(lambda a: a[:10], tok)
+    _, kv = model.apply({"params": params}, ctx)
+    shared = write_cache(init_cache(CFG, 12), kv, ctx.step, token_pos(ctx),
+                         ring_slots(token_pos(ctx), 12))
+    mid = jax.tree.map(lambda a: a[10:12], tok)
+    _, kv2 = model.apply({"params": params}, mid, caches=(shared,))
+    beam = write_cache(init_cache(CFG, 4), kv2, mid.step, token_pos(mid), jnp.arange(2))
+    rest = jax.tree.map(lambda a: a[12:], tok)
+    out, _ = model.apply({"params": params}, rest, caches=(shared, beam))
+    np.testing.assert_allclose(out.obs_logits, full.obs_logits[12:], atol=2e-5)
+    assert isinstance(beam, KVCache)
