@@ -1,0 +1,130 @@
+"""The meta-test: env + model + planner in ONE jitted ``lax.scan`` over steps, vmapped over tasks.
+
+No parameter updates: the model acts from its in-context history, a sliding window of the
+last ``n_transit`` transitions kept in a ring-buffer cache of ``2 * n_transit`` token slots
+(across episode boundaries). Each real step appends a state token, picks an action (policy
+head, or beam search with the in-context world model), appends the action token, and steps
+the env inside the same compiled function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dicp_jax.model import token_pos
+from dicp_jax.planner import PlanConfig, action_token, beam_search, state_token
+from dicp_jax.world_model import WorldModel
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    episodes: int = 50
+    planner: Literal["policy", "beam"] = "beam"
+    greedy: bool = False  # policy mode: argmax instead of sampling from the imitation head
+    plan: PlanConfig = PlanConfig()
+    plan_start: int | None = None  # real transitions in context before planning (None: n_transit)
+    trajectories: bool = False  # also return per-step observations, actions and rewards
+
+    def validate(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.planner not in ("policy", "beam"):
+            raise ValueError(f"planner must be 'policy' or 'beam', got {self.planner!r}")
+        self.plan.validate()
+
+
+class Rollout(NamedTuple):
+    returns: jax.Array  # float32 [E]: return of each meta-test episode
+    obs: jax.Array | None = None  # [E * H, obs_dim]
+    action: jax.Array | None = None  # [E * H]
+    reward: jax.Array | None = None  # [E * H]
+
+
+class Carry(NamedTuple):
+    env_state: Any
+    obs: jax.Array
+    prev_reward: jax.Array
+    first: jax.Array
+    step: jax.Array
+    cache: Any
+    key: jax.Array
+
+
+def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
+                 n_transit: int) -> Callable[[Any, jax.Array], Rollout]:
+    """One task's meta-test: ``rollout(env_params, key) -> Rollout`` (pure, vmappable)."""
+    length = 2 * n_transit
+    plan_start = n_transit if cfg.plan_start is None else cfg.plan_start
+    n_steps = cfg.episodes * env.horizon
+
+    def act(carry: Carry, key: jax.Array) -> tuple[Carry, jax.Array]:
+        tok = state_token(carry.obs, carry.prev_reward, carry.first, carry.step)
+        heads, entries = wm.decode(tok, (carry.cache,))
+        cache = wm.write(carry.cache, entries, tok, token_pos(tok) % length)
+        logits = heads.action_logits[0]
+        key_policy, key_plan = jax.random.split(key)
+        if cfg.greedy:
+            action = jnp.argmax(logits).astype(jnp.int32)
+        else:
+            action = jax.random.categorical(key_policy, logits).astype(jnp.int32)
+        if cfg.planner == "beam":
+            steps_left = env.horizon - carry.env_state.time
+            planned = beam_search(wm, codec, cfg.plan, cache, logits, carry.step, steps_left,
+                                  key_plan)
+            action = jnp.where(carry.step >= plan_start, planned, action)
+        tok = action_token(codec.obs_dim, action, carry.step)
+        _, entries = wm.decode(tok, (cache,))
+        cache = wm.write(cache, entries, tok, token_pos(tok) % length)
+        return carry._replace(cache=cache), action
+
+    def step(carry: Carry, _: None, params: Any):
+        key, key_act, key_env = jax.random.split(carry.key, 3)
+        carry, action = act(carry._replace(key=key), key_act)
+        obs, env_state, reward, terminated, truncated, _ = env.step(
+            key_env, carry.env_state, action, params)
+        done = terminated | truncated
+        new = Carry(env_state, obs, reward.astype(jnp.float32), done, carry.step + 1,
+                    carry.cache, carry.key)
+        return new, (carry.obs, action, reward)
+
+    def rollout(params: Any, key: jax.Array) -> Rollout:
+        key_reset, key = jax.random.split(key)
+        obs, env_state = env.reset(key_reset, params)
+        carry = Carry(env_state, obs, jnp.float32(0.0), jnp.array(True), jnp.int32(0),
+                      wm.init_cache(length), key)
+        _, (obs_seq, actions, rewards) = jax.lax.scan(
+            lambda c, x: step(c, x, params), carry, None, length=n_steps)
+        # Episodes end only at the horizon, so they tile the step axis exactly.
+        returns = rewards.reshape(cfg.episodes, env.horizon).sum(-1)
+        if cfg.trajectories:
+            return Rollout(returns, obs_seq, actions, rewards)
+        return Rollout(returns)
+
+    return rollout
+
+
+def make_evaluate(env: Any, wm_factory: Callable[[Any], WorldModel], codec: Any,
+                  cfg: EvalConfig, n_transit: int) -> Callable[[Any, Any, jax.Array], Rollout]:
+    """``evaluate(model_params, tasks, keys) -> Rollout`` with a leading task axis.
+
+    ``tasks`` is a batched ``EnvParams``; ``keys`` holds one PRNG key per task, so a task's
+    result does not depend on the batch it is evaluated in. One compile per config.
+    """
+    cfg.validate()
+
+    @jax.jit
+    def evaluate(model_params: Any, tasks: Any, keys: jax.Array) -> Rollout:
+        rollout = make_rollout(env, wm_factory(model_params), codec, cfg, n_transit)
+        return jax.vmap(rollout)(tasks, keys)
+
+    return evaluate
+
+
+def task_keys(key: jax.Array, task_index: Any) -> jax.Array:
+    """One key per task from a base key and the tasks' global indices (batch-independent)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(task_index))

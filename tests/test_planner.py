@@ -1,0 +1,97 @@
+"""Beam-search planner: oracle world model, tie rule, cached == uncached."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dicp_envs
+from dicp_jax.codec import codec_for
+from dicp_jax.evaluate import EvalConfig, make_rollout
+from dicp_jax.model import DICPTransformer, ModelConfig, init_params
+from dicp_jax.planner import PlanConfig, beam_search, state_token
+from dicp_jax.world_model import cached, uncached
+from tests.oracle import oracle
+
+FIXED_PREFERENCE = jnp.array([0.3, 2.0, -1.0, 0.5, 1.0])  # policy's top action: 1 (x-1)
+
+
+def oracle_returns(env, tasks, plan: PlanConfig, episodes: int = 1, zero_reward=False):
+    """One oracle-planned rollout per task (planning from the first step)."""
+    codec = codec_for(env)
+    cfg = EvalConfig(episodes=episodes, planner="beam", plan=plan, plan_start=0)
+
+    def run(task, key):
+        wm = oracle(env, task, FIXED_PREFERENCE, zero_reward=zero_reward)
+        return make_rollout(env, wm, codec, cfg, n_transit=4 * env.horizon)(task, key)
+
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    keys = jax.random.split(jax.random.PRNGKey(0), n)
+    return jax.jit(jax.vmap(run))(tasks, keys)
+
+
+def test_oracle_planner_takes_shortest_paths_on_darkroom():
+    # 5x5 grid: depth 4 reaches every cell from the centre; K = 5^3 keeps the search exhaustive.
+    env, _ = dicp_envs.make("darkroom", grid_size=5, horizon=12)
+    tasks = env.params_for(np.asarray(env.task_list()))
+    out = oracle_returns(env, tasks, PlanConfig(beam_size=125, depth=4))
+    np.testing.assert_array_equal(np.asarray(out.returns[:, 0]),
+                                  np.asarray(env.optimal_return(tasks)))
+
+
+def test_oracle_planner_near_goals_on_paper_darkroom():
+    env, _ = dicp_envs.make("darkroom")
+    goals = np.array([[4, 4], [5, 4], [4, 2], [6, 5], [2, 3], [3, 6]])
+    tasks = env.params_for(goals)
+    out = oracle_returns(env, tasks, PlanConfig(beam_size=25, depth=3), episodes=2)
+    opt = np.asarray(env.optimal_return(tasks))
+    np.testing.assert_array_equal(np.asarray(out.returns), np.stack([opt, opt], 1))
+
+
+def test_oracle_planner_collects_both_key_to_door_rewards():
+    env, _ = dicp_envs.make("dark_key_to_door", grid_size=3, horizon=10)
+    tasks = env.params_for(np.asarray(env.task_list()))  # all 81, key == door included
+    out = oracle_returns(env, tasks, PlanConfig(beam_size=125, depth=4))
+    np.testing.assert_array_equal(np.asarray(out.returns[:, 0]), 2.0)
+
+
+def test_all_zero_reward_model_follows_the_policy_top_action():
+    env, _ = dicp_envs.make("darkroom")
+    codec = codec_for(env)
+    task = env.params_for(np.array([[8, 8]]))
+    task = jax.tree.map(lambda x: x[0], task)
+    wm = oracle(env, task, FIXED_PREFERENCE, zero_reward=True)
+    cache = wm.init_cache(8)
+    tok = state_token(jnp.array([4, 4]), 0.0, True, 0)
+    _, entries = wm.decode(tok, (cache,))
+    cache = wm.write(cache, entries, tok, jnp.array([0]))
+    for greedy in (True,):
+        action = beam_search(wm, codec, PlanConfig(beam_size=10, depth=8, greedy=greedy), cache,
+                             FIXED_PREFERENCE, jnp.int32(0), jnp.int32(20),
+                             jax.random.PRNGKey(1))
+        assert int(action) == int(jnp.argmax(FIXED_PREFERENCE))
+    # And over whole episodes: with no reward anywhere, beam search is the greedy policy.
+    out = oracle_returns(env, env.params_for(np.array([[8, 8]])),
+                         PlanConfig(beam_size=10, depth=8), zero_reward=True)
+    assert float(out.returns.sum()) == 0.0
+
+
+@pytest.mark.parametrize("leaf_value", [False, True])
+def test_cached_and_uncached_planning_choose_the_same_actions(leaf_value):
+    env, _ = dicp_envs.make("darkroom")
+    codec = codec_for(env)
+    # The context never wraps here: past the window, a key/value cache is a sliding-window
+    # model (old keys carry their own context) while re-running keeps only the window.
+    mcfg = ModelConfig(n_transit=40, width=16, n_layers=2, n_heads=2, mlp=32)
+    model = DICPTransformer(mcfg, codec)
+    params = init_params(model, jax.random.PRNGKey(3))
+    cfg = EvalConfig(episodes=2, planner="beam", plan_start=2, trajectories=True,
+                     plan=PlanConfig(beam_size=4, depth=3, greedy=False, leaf_value=leaf_value))
+    task = jax.tree.map(lambda x: x[0], env.params_for(np.array([[6, 3]])))
+    key = jax.random.PRNGKey(7)
+    runs = [jax.jit(make_rollout(env, wm, codec, cfg, mcfg.n_transit))(task, key)
+            for wm in (cached(model, params), uncached(model, params, codec.obs_dim))]
+    np.testing.assert_array_equal(np.asarray(runs[0].action), np.asarray(runs[1].action))
+    np.testing.assert_array_equal(np.asarray(runs[0].obs), np.asarray(runs[1].obs))
