@@ -58,8 +58,10 @@ class Darkroom(GridEnv):
         return EnvParams(goal=jnp.asarray(tasks))
 
     def optimal_return(self, params: EnvParams) -> chex.Array:
+        # Reward on every step from arrival (step ``dist``, or 1 when goal == start) on.
         dist = jnp.abs(params.goal - self.start_pos()).sum(-1)
-        return jnp.minimum(self.horizon, self.horizon + 1 - dist).astype(jnp.float32)
+        best = jnp.minimum(self.horizon, self.horizon + 1 - dist)
+        return jnp.maximum(best, 0).astype(jnp.float32)
 
     def optimal_action(self, state: EnvState, params: EnvParams) -> chex.Array:
         return toward(state.pos, params.goal)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 from gymnax.environments import environment, spaces
@@ -50,8 +49,19 @@ def check_cell(name: str, cell: Any, grid_size: int) -> None:
     cell = np.asarray(cell)
     if cell.shape != (2,):
         raise ValueError(f"{name} must be a pair [x, y], got shape {cell.shape}")
+    if not np.all(np.mod(cell, 1) == 0):
+        raise ValueError(f"{name} must have integer coordinates, got {cell.tolist()}")
     if not np.all((cell >= 0) & (cell < grid_size)):
         raise ValueError(f"{name} {cell.tolist()} lies outside the {grid_size}x{grid_size} grid")
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """Host-side validation of a static integer argument (no silent truncation of 2.5)."""
+    if isinstance(value, bool) or not float(value).is_integer():
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 class GridEnv(environment.Environment):
@@ -59,12 +69,8 @@ class GridEnv(environment.Environment):
 
     def __init__(self, grid_size: int = 9, horizon: int = 20, start: Any = None):
         super().__init__()
-        if int(grid_size) < 2:
-            raise ValueError(f"grid_size must be >= 2, got {grid_size}")
-        if int(horizon) < 1:
-            raise ValueError(f"horizon must be >= 1, got {horizon}")
-        self.grid_size = int(grid_size)
-        self.horizon = int(horizon)
+        self.grid_size = check_int("grid_size", grid_size, minimum=2)
+        self.horizon = check_int("horizon", horizon, minimum=1)
         start = (self.grid_size // 2, self.grid_size // 2) if start is None else start
         check_cell("start", start, self.grid_size)
         self.start = tuple(int(v) for v in start)

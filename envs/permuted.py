@@ -68,7 +68,7 @@ class DarkroomPermuted(GridEnv):
 
     def optimal_return(self, params: EnvParams) -> chex.Array:
         dist = sum(abs(g - s) for g, s in zip(self.goal, self.start, strict=True))
-        best = min(self.horizon, self.horizon + 1 - dist)
+        best = max(0, min(self.horizon, self.horizon + 1 - dist))
         return jnp.full(params.perm.shape[:-1], best, dtype=jnp.float32)
 
     def optimal_action(self, state: EnvState, params: EnvParams) -> chex.Array:
@@ -77,6 +77,8 @@ class DarkroomPermuted(GridEnv):
 
 
 def _check_perm(perm_idx: Any) -> int:
+    if isinstance(perm_idx, bool) or not float(perm_idx).is_integer():
+        raise ValueError(f"perm_idx must be an integer, got {perm_idx!r}")
     i = int(perm_idx)
     if not 0 <= i < len(PERMUTATIONS):
         raise ValueError(f"perm_idx must be in [0, {len(PERMUTATIONS) - 1}], got {perm_idx}")

@@ -66,8 +66,9 @@ def split_indices(name: str, split: str = "all", seed: int | None = None,
     order = list(range(n_tasks))
     if split == "all":
         return np.asarray(order, dtype=np.int64)
-    random.seed(seed)
-    random.shuffle(order)
+    # Same permutation as ``random.seed(seed); random.shuffle(order)`` (the paper's code) but
+    # on a private generator, so the caller's global ``random`` state is left untouched.
+    random.Random(seed).shuffle(order)
     n_train = round(n_tasks * ratio)
     chosen = order[:n_train] if split == "train" else order[n_train:]
     return np.asarray(chosen, dtype=np.int64)
