@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXP    ?= darkroom
-SPLITS ?= 0
+SPLITS ?=
 ARGS   ?=
 
 .PHONY: install test lint bench train clean
@@ -29,7 +29,7 @@ bench: install
 	$(BIN)/dicp bench all
 
 train: install
-	$(BIN)/dicp experiment $(EXP) --splits $(SPLITS) $(ARGS)
+	$(BIN)/dicp experiment $(EXP) --splits "$(SPLITS)" $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

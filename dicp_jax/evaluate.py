@@ -128,3 +128,26 @@ def make_evaluate(env: Any, wm_factory: Callable[[Any], WorldModel], codec: Any,
 def task_keys(key: jax.Array, task_index: Any) -> jax.Array:
     """One key per task from a base key and the tasks' global indices (batch-independent)."""
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(task_index))
+
+
+def paper_depth(env: Any) -> int:
+    """The paper's depth limit: grid - 1 on Darkroom, 2 (grid - 1) on the longer-horizon envs."""
+    return env.grid_size - 1 if env.horizon <= 20 else 2 * (env.grid_size - 1)
+
+
+def evaluate_run(trained: Any, task_index: Any, cfg: EvalConfig, seed: int = 0,
+                 cached_model: bool = True) -> Rollout:
+    """Meta-test a trained model (``train.load_trained``) on tasks given by global index."""
+    import numpy as np
+
+    import dicp_envs
+    from dicp_jax.world_model import cached, uncached
+
+    env, _ = dicp_envs.make(trained.env_name)
+    task_index = np.asarray(task_index, np.int64)
+    tasks = env.params_for(np.asarray(env.task_list())[task_index])
+    factory = ((lambda p: cached(trained.model, p)) if cached_model else
+               (lambda p: uncached(trained.model, p, trained.codec.obs_dim)))
+    evaluate = make_evaluate(env, factory, trained.codec, cfg, trained.model_cfg.n_transit)
+    out = evaluate(trained.params, tasks, task_keys(jax.random.PRNGKey(seed), task_index))
+    return jax.device_get(out)

@@ -1,0 +1,215 @@
+"""``make train``: collect -> train -> meta-test (DICP and AD) -> table + plot.
+
+An experiment is a JSON file in ``experiments/`` naming the env, the training preset, and
+overrides for each stage's config (checked against the stage's dataclass before any work).
+Each stage reuses a valid artefact (dataset, final checkpoint, evaluation) unless
+``force``; splits are train/test split seeds, one model per split, histories shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from dicp_jax import config as cfglib
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    env: str
+    preset: str = "cpu"
+    collect: dict = dataclasses.field(default_factory=dict)  # PPOConfig overrides
+    model: dict = dataclasses.field(default_factory=dict)  # ModelConfig overrides
+    train: dict = dataclasses.field(default_factory=dict)  # TrainConfig overrides
+    dicp: dict = dataclasses.field(default_factory=dict)  # EvalConfig/PlanConfig overrides
+    ad: dict = dataclasses.field(default_factory=dict)  # EvalConfig overrides (policy mode)
+    splits: tuple[int, ...] | None = None  # split seeds (None: the env's registered seed)
+    eval_seed: int = 0
+    reference: dict = dataclasses.field(default_factory=dict)  # figures read off the paper
+
+    def __hash__(self) -> int:  # dict fields: hash by name (configs are compared by value)
+        return hash(self.name)
+
+
+def load_experiment(name_or_path: str) -> Experiment:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = EXPERIMENTS / f"{name_or_path}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in EXPERIMENTS.glob("*.json"))
+        raise FileNotFoundError(f"no experiment {name_or_path!r} ({path}); known: {known}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise cfglib.ConfigError(f"{path} is not valid JSON: {e}") from None
+    data.pop("description", None)
+    valid = {f.name for f in dataclasses.fields(Experiment)} - {"name"}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise cfglib.ConfigError(f"{path}: unknown key(s) {unknown}; valid: {sorted(valid)}")
+    if "splits" in data and data["splits"] is not None:
+        data["splits"] = tuple(int(s) for s in data["splits"])
+    exp = Experiment(name=path.stem, **data)
+    stage_configs(exp)  # validate every override before any work starts
+    return exp
+
+
+def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, Any]:
+    """The typed config of every stage, built from the experiment's overrides."""
+    import dicp_envs
+    from dicp_jax.evaluate import EvalConfig
+    from dicp_jax.planner import PlanConfig
+    from dicp_jax.ppo import paper_ppo_config
+    from dicp_jax.train import PRESETS, default_model_config
+
+    dicp_envs.spec(exp.env)  # unknown env -> error listing the known ones
+    if exp.preset not in PRESETS:
+        raise cfglib.ConfigError(f"unknown preset {exp.preset!r}; known: {sorted(PRESETS)}")
+    ppo = cfglib.replace(paper_ppo_config(exp.env), **exp.collect)
+    model = cfglib.replace(default_model_config(exp.env), **exp.model)
+    train = cfglib.replace(PRESETS[exp.preset], **exp.train)
+    if splits_seed is not None:
+        train = dataclasses.replace(train, split_seed=splits_seed)
+
+    def eval_cfg(overrides: dict, planner: str) -> Any:
+        plan_keys = {f.name for f in dataclasses.fields(PlanConfig)}
+        plan = cfglib.replace(PlanConfig(), **{k: v for k, v in overrides.items()
+                                              if k in plan_keys})
+        rest = {k: v for k, v in overrides.items() if k not in plan_keys}
+        return dataclasses.replace(cfglib.replace(EvalConfig(), **rest), plan=plan,
+                                   planner=planner)
+
+    return dict(ppo=ppo, model=model, train=train, dicp=eval_cfg(exp.dicp, "beam"),
+                ad=eval_cfg(exp.ad, "policy"))
+
+
+def _dataset_ok(env_name: str, data_dir: Path) -> bool:
+    from dicp_jax.history import DatasetError, load_history
+
+    if not (data_dir / "metadata.json").exists():
+        return False
+    try:
+        load_history(data_dir, env_name=env_name, streams=[0], steps=1)
+    except DatasetError as e:
+        print(f"dataset {data_dir} is not usable ({e}); collecting again")
+        return False
+    return True
+
+
+def _trained_ok(run_dir: Path, steps: int) -> bool:
+    from dicp_jax.checkpoint import manager, read_config
+
+    if not (run_dir / "config.json").exists():
+        return False
+    saved = read_config(run_dir)
+    latest = manager(run_dir, saved["train"]["keep_checkpoints"]).latest_step()
+    return latest is not None and latest >= steps
+
+
+def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force: bool = False,
+                   out_root: Path | None = None, progress: bool = True) -> Path:
+    """Run (or reuse) every stage; returns the results directory."""
+    import shutil
+
+    import dicp_envs
+    from dicp_jax.collect import collect_dataset
+    from dicp_jax.evaluate import evaluate_run
+    from dicp_jax.history import load_history
+    from dicp_jax.train import load_trained, train
+
+    out = (out_root or EXPERIMENTS / "results") / exp.name
+    data_dir = out / "data"
+    splits = splits or exp.splits or (dicp_envs.spec(exp.env).split_seed,)
+    env, _ = dicp_envs.make(exp.env)
+    all_tasks = np.asarray(env.task_list())
+
+    cfgs = stage_configs(exp)
+    if force or not _dataset_ok(exp.env, data_dir):
+        if force and data_dir.exists():
+            shutil.rmtree(data_dir)
+        print(f"[1/3] collecting PPO histories on every {exp.env} task -> {data_dir}")
+        collect_dataset(exp.env, data_dir, cfgs["ppo"], split="all", resume=True,
+                        progress=progress)
+    else:
+        print(f"[1/3] reusing the dataset in {data_dir}")
+
+    per_split = []
+    for seed in splits:
+        cfgs = stage_configs(exp, splits_seed=seed)
+        run_dir = out / "runs" / f"split{seed}"
+        if force and run_dir.exists():
+            shutil.rmtree(run_dir)
+        if _trained_ok(run_dir, cfgs["train"].steps):
+            print(f"[2/3] split {seed}: reusing the trained model in {run_dir}")
+        else:
+            print(f"[2/3] split {seed}: training ({exp.preset} preset) -> {run_dir}")
+            train(exp.env, data_dir, run_dir, cfgs["train"], cfgs["model"],
+                  resume=(run_dir / "config.json").exists(), progress=progress)
+        per_split.append(_evaluate_split(exp, cfgs, seed, run_dir, data_dir, env, all_tasks,
+                                         force, evaluate_run, load_trained, load_history))
+    return _report(exp, out, per_split, env, splits)
+
+
+def _evaluate_split(exp, cfgs, seed, run_dir, data_dir, env, all_tasks, force, evaluate_run,
+                    load_trained, load_history) -> dict[str, np.ndarray]:
+    """DICP and AD returns on the split's test tasks, plus the source PPO's own curve."""
+    import time
+
+    import dicp_envs
+
+    cache = run_dir / "meta_test.npz"
+    key = json.dumps({k: cfglib.to_dict(cfgs[k]) for k in ("dicp", "ad")}, sort_keys=True)
+    if cache.exists() and not force:
+        saved = np.load(cache)
+        if str(saved["config"]) == key:
+            print(f"[3/3] split {seed}: reusing the meta-test results in {cache}")
+            return {k: saved[k] for k in saved.files if k != "config"}
+    idx = dicp_envs.split_indices(exp.env, "test", seed=seed)
+    trained = load_trained(run_dir)
+    results = {"task_index": idx,
+               "optimal": np.asarray(env.optimal_return(env.params_for(all_tasks[idx])))}
+    for label, name in (("DICP", "dicp"), ("AD", "ad")):
+        t0 = time.perf_counter()
+        results[label] = np.asarray(evaluate_run(trained, idx, cfgs[name], exp.eval_seed).returns)
+        frac = (results[label][:, -10:].mean(1) / results["optimal"]).mean()
+        print(f"[3/3] split {seed}: {label} meta-test on {len(idx)} test tasks x "
+              f"{cfgs[name].episodes} episodes in {time.perf_counter() - t0:.1f} s "
+              f"(last 10 episodes: {frac:.0%} of optimal)")
+    _, meta = load_history(data_dir, env_name=exp.env, task_index=idx, streams=[0], steps=1)
+    results["PPO"] = np.asarray(meta.episode_returns, np.float64)
+    np.savez(cache, config=key, **results)
+    return results
+
+
+def _report(exp: Experiment, out: Path, per_split: list[dict], env: Any,
+            splits: tuple[int, ...]) -> Path:
+    from dicp_jax.results import markdown, plot, summarise, write_csv
+
+    methods = ("DICP", "AD", "PPO")
+    pooled = {m: np.concatenate([r[m] for r in per_split]) for m in methods}
+    optimal = np.concatenate([r["optimal"] for r in per_split])
+    rows = summarise(pooled, optimal)
+    write_csv(rows, out / "results.csv")
+    notes = [f"{len(optimal)} test tasks pooled over {len(splits)} split(s) "
+             f"(split seeds {', '.join(map(str, splits))}); mean ± standard error over tasks; "
+             "(fraction of the optimal return).",
+             "DICP: beam search with the in-context world model; AD: the same checkpoint "
+             "sampling from its policy head; PPO: the source learner's own episodes on the "
+             "test tasks (mean over its 100 streams)."]
+    for method, points in exp.reference.items():
+        pts = ", ".join(f"episode {k}: {v}" for k, v in points.items())
+        notes.append(f"Paper figure (read off, mean of 5 splits), {method}: {pts}.")
+    title = f"{exp.name}: meta-test return on held-out tasks"
+    (out / "results.md").write_text(markdown(rows, title, notes))
+    plot(pooled, optimal, out / "returns.png", title, env.horizon,
+         reference={k: {int(e): float(v) for e, v in pts.items()}
+                    for k, pts in exp.reference.items()})
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'returns.png'}")
+    return out

@@ -1,0 +1,63 @@
+"""The one-jit meta-test: batch == alone, one compile per config, policy/beam switch."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+import dicp_envs
+from dicp_jax.codec import codec_for
+from dicp_jax.evaluate import EvalConfig, make_evaluate, task_keys
+from dicp_jax.model import DICPTransformer, ModelConfig, init_params
+from dicp_jax.planner import PlanConfig
+from dicp_jax.world_model import cached
+
+MCFG = ModelConfig(n_transit=8, width=16, n_layers=2, n_heads=2, mlp=32)
+
+
+def _setup(planner: str, episodes: int = 3):
+    env, _ = dicp_envs.make("darkroom")
+    codec = codec_for(env)
+    model = DICPTransformer(MCFG, codec)
+    params = init_params(model, jax.random.PRNGKey(0))
+    cfg = EvalConfig(episodes=episodes, planner=planner, plan_start=4, trajectories=True,
+                     plan=PlanConfig(beam_size=3, depth=2, greedy=False))
+    traces = []
+
+    def factory(p):
+        traces.append(1)  # runs once per trace, i.e. once per compile
+        return cached(model, p)
+
+    return env, params, make_evaluate(env, factory, codec, cfg, MCFG.n_transit), traces
+
+
+def test_batch_equals_each_task_alone_and_compiles_once():
+    env, params, evaluate, traces = _setup("beam")
+    idx = np.arange(0, 81, 9)  # 9 goals
+    tasks = env.params_for(np.asarray(env.task_list())[idx])
+    keys = task_keys(jax.random.PRNGKey(1), idx)
+    batch = evaluate(params, tasks, keys)
+    assert batch.returns.shape == (9, 3) and batch.action.shape == (9, 3 * env.horizon)
+    for i in (0, 4, 8):
+        one = evaluate(params, jax.tree.map(lambda x, i=i: x[i:i + 1], tasks), keys[i:i + 1])
+        np.testing.assert_array_equal(np.asarray(one.action[0]), np.asarray(batch.action[i]))
+        np.testing.assert_array_equal(np.asarray(one.returns[0]), np.asarray(batch.returns[i]))
+    # Same shapes again: no retrace. (A new batch size is a new shape, hence one more.)
+    evaluate(params, tasks, task_keys(jax.random.PRNGKey(2), idx))
+    assert len(traces) == 2
+
+
+def test_returns_match_rewards_and_envs_semantics():
+    env, params, evaluate, _ = _setup("policy", episodes=2)
+    tasks = env.params_for(np.array([[4, 5], [0, 0]]))
+    out = evaluate(params, tasks, task_keys(jax.random.PRNGKey(3), [0, 1]))
+    rewards = np.asarray(out.reward).reshape(2, 2, env.horizon)
+    np.testing.assert_allclose(np.asarray(out.returns), rewards.sum(-1))
+    obs = np.asarray(out.obs)
+    # Every episode starts at the centre; moves are unit steps inside the grid.
+    np.testing.assert_array_equal(obs[:, :: env.horizon], 4)
+    assert obs.min() >= 0 and obs.max() <= 8
+    step = np.abs(np.diff(obs, axis=1)).sum(-1)
+    within = np.ones_like(step, bool)
+    within[:, env.horizon - 1 :: env.horizon] = False  # resets jump back to the centre
+    assert step[within].max() <= 1
