@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -217,3 +218,24 @@ def test_env_attributes():
         assert env.action_space(params).n == 5
         obs, _ = env.reset(KEY, params)
         assert obs.dtype == jnp.int32 and env.observation_space(params).contains(obs)
+
+
+# -- benchmark harness smoke test -------------------------------------------------------------
+def test_bench_command_runs_env_benchmark(tmp_path, capsys):
+    from dicp_jax.cli import main
+
+    out = tmp_path / "envs.json"
+    assert main(["bench", "envs", "--quick", "--steps", "2", "--out", str(out)]) == 0
+    assert "| darkroom |" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["results"]
+    assert [r["env"] for r in rows] == [*NAMES, "gymnax CartPole-v1"]
+    assert all(r["steps_per_s"] > 0 for r in rows)
+
+
+def test_bench_command_missing_script(monkeypatch, tmp_path, capsys):
+    from dicp_jax.cli import main
+    from dicp_jax.commands import bench
+
+    monkeypatch.setattr(bench, "bench_dir", lambda: tmp_path)
+    assert main(["bench", "train"]) == 2
+    assert "bench_train.py does not exist" in capsys.readouterr().out
