@@ -76,7 +76,7 @@ def plan_cost(model, params, codec, mcfg, plan: PlanConfig, n_tasks: int, repeat
         caches = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_tasks, *x.shape)), cache)
         step = jnp.int32(mcfg.n_transit - 1)
 
-        def plan_all(caches, logits, key, wm=wm):
+        def plan_all(caches, logits, key, wm=wm, step=step):
             keys = jax.random.split(key, n_tasks)
             return jax.vmap(lambda c, k: beam_search(wm, codec, plan, c, logits, step,
                                                      jnp.int32(20), k))(caches, keys)

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dicp_jax import config as cfglib
 
 ROOT = Path(__file__).resolve().parents[1]
