@@ -1,0 +1,208 @@
+"""Learning histories: one PPO learner per task, a whole chunk of tasks in ONE jitted call.
+
+``make_collect(env, cfg)`` returns a pure function ``(keys[N], env_params[N]) ->
+(History [N, S, T, ...], episode_returns [N, E])``: ``vmap`` over tasks, ``lax.scan`` over
+PPO updates, the rollout a ``lax.scan`` over env steps, the epochs x minibatches one flat
+scan (see ``ppo.update``). No Python loop per step or update, so XLA sees the whole learner.
+
+Design choices:
+- Per-task RNG ``fold_in(base_key, task_index)`` (index into ``env.task_list()``): a task's
+  history does not depend on which tasks share its chunk, its position, or the devices.
+- The task axis is sharded over a 1-D ``Mesh`` of ``jax.devices()``; a chunk is padded to a
+  fixed size (a multiple of the device count) so every chunk reuses one compiled program.
+- Records are cast to compact dtypes inside the scan (int8 positions, 0/1 rewards in
+  float16), so the stacked history is small while it is being built, not only on disk.
+- Chunks are handed to a callback as soon as they are done (the dataset writer stores each
+  one atomically), so an interrupted run loses at most one chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dicp_jax import ppo
+from dicp_jax.history import History
+from dicp_jax.ppo import PPOConfig
+
+Array = jax.Array
+
+
+def storage_dtypes(env: Any) -> dict[str, Any]:
+    """Smallest exact dtypes for the grid family: positions < 128, rewards in {0, 1}."""
+    small = getattr(env, "grid_size", 1 << 30) <= 127
+    return {
+        "obs": np.int8 if small else np.int32,
+        "action": np.int8 if env.num_actions <= 127 else np.int32,
+        "reward": np.float16 if small else np.float32,
+        "done": np.bool_,
+    }
+
+
+def task_keys(seed: int, task_index: Iterable[int]) -> Array:
+    """One key per task, from (base seed, task index) only."""
+    base = jax.random.PRNGKey(seed)
+    idx = jnp.asarray(np.asarray(task_index, dtype=np.uint32))
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(idx)
+
+
+def make_collect(env: Any, cfg: PPOConfig) -> Callable[[Array, Any], tuple[History, Array]]:
+    """Pure ``(keys [N, 2], env_params [N]) -> (History [N, S, T], episode_returns [N, E])``."""
+    cfg.validate()
+    S, H = cfg.n_streams, env.horizon
+    dt = storage_dtypes(env)
+    opt = ppo.make_optimizer(cfg)
+    step_streams = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    reset_streams = jax.vmap(env.reset, in_axes=(0, None))
+
+    def run_task(key: Array, env_params: Any) -> tuple[History, Array]:
+        k_init, k_reset, k_run = jax.random.split(key, 3)
+        params = ppo.init_params(k_init, env.obs_dim, env.num_actions, cfg)
+        obs, env_state = reset_streams(jax.random.split(k_reset, S), env_params)
+
+        def one_update(carry, k):
+            params, opt_state, obs, env_state = carry
+            k_roll, k_upd = jax.random.split(k)
+
+            def env_step(c, k):
+                obs, env_state = c
+                k_act, k_env = jax.random.split(k)
+                logits = ppo.policy_logits(params, obs)  # [S, A]
+                v = ppo.value(params, obs)  # [S]
+                action = jax.random.categorical(k_act, logits)  # [S]
+                logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[:, 0]
+                nxt, env_state, reward, term, trunc, info = step_streams(
+                    jax.random.split(k_env, S), env_state, action, env_params)
+                final = info["final_observation"]  # true s', also at an episode's end
+                boot = jnp.where(trunc & ~term, cfg.gamma * ppo.value(params, final), 0.0)
+                done = term | trunc
+                rec = History(obs.astype(dt["obs"]), action.astype(dt["action"]),
+                              reward.astype(dt["reward"]), final.astype(dt["obs"]), done)
+                train = (obs, action, logp, v, reward + boot, done)
+                return (nxt, env_state), (rec, train)
+
+            (obs, env_state), (rec, train) = jax.lax.scan(
+                env_step, (obs, env_state), jax.random.split(k_roll, cfg.n_steps))
+            t_obs, t_act, t_logp, t_val, t_rew, t_done = train  # [n_steps, S, ...]
+            adv, ret = ppo.gae(t_rew, t_val, t_done, ppo.value(params, obs), cfg)
+            flat = lambda x: x.reshape(cfg.batch_size, *x.shape[2:])
+            batch = ppo.Batch(flat(t_obs), flat(t_act), flat(t_logp), flat(adv), flat(ret))
+            params, opt_state = ppo.update(params, opt_state, batch, k_upd, cfg)
+            return (params, opt_state, obs, env_state), rec
+
+        carry = (params, opt.init(params), obs, env_state)
+        _, rec = jax.lax.scan(one_update, carry, jax.random.split(k_run, cfg.n_updates))
+        # [U, n_steps, S, ...] -> [S, T, ...]
+        hist = jax.tree.map(
+            lambda x: jnp.moveaxis(x, 2, 0).reshape(S, cfg.steps_per_stream, *x.shape[3:]), rec)
+        return hist, episode_returns(hist.reward, hist.done, H)
+
+    return jax.vmap(run_task)
+
+
+def episode_returns(reward: Array, done: Array, horizon: int) -> Array:
+    """Mean over streams of the i-th complete episode's return: ``[S, T] -> [T // horizon]``.
+
+    Episode ids come from ``done`` (so any episode structure is summed correctly); slots
+    beyond ``T // horizon`` are dropped, exact when episodes end only at the horizon."""
+    n_ep = reward.shape[-1] // horizon
+    ep_id = jnp.cumsum(done, axis=-1) - done
+
+    def per_stream(r, i):
+        return jax.ops.segment_sum(r.astype(jnp.float32), i, num_segments=n_ep)
+
+    return jax.vmap(per_stream)(reward, ep_id).mean(0)
+
+
+# -- driver ----------------------------------------------------------------------------------
+def bytes_per_task(env: Any, cfg: PPOConfig) -> int:
+    """Device memory per task while a chunk runs: records (x2 for the final transpose) plus
+    the rollout buffer and minibatch index tables (float32)."""
+    dt = storage_dtypes(env)
+    per_step = (2 * env.obs_dim * np.dtype(dt["obs"]).itemsize + np.dtype(dt["action"]).itemsize
+                + np.dtype(dt["reward"]).itemsize + 1)
+    records = 2 * per_step * cfg.n_streams * cfg.steps_per_stream
+    rollout = 4 * cfg.batch_size * (env.obs_dim + 8) + 4 * cfg.n_epochs * cfg.batch_size
+    return int(records + 4 * rollout + (1 << 16))
+
+
+def chunk_size_for(env: Any, cfg: PPOConfig, n_tasks: int, n_devices: int,
+                   memory_budget: float = 2 * 2**30, chunk_size: int | None = None) -> int:
+    """Tasks per jitted call: the budget's worth (or ``chunk_size``), never more than needed,
+    rounded up to a multiple of the device count."""
+    if chunk_size is None:
+        chunk_size = max(1, int(memory_budget // bytes_per_task(env, cfg)))
+    chunk_size = max(1, min(int(chunk_size), n_tasks))
+    return int(math.ceil(chunk_size / n_devices) * n_devices)
+
+
+def compile_collect(env: Any, cfg: PPOConfig, chunk: int, devices: list | None = None):
+    """Jit ``make_collect`` with the task axis sharded over ``devices`` (default: all)."""
+    devices = jax.devices() if devices is None else devices
+    if chunk % len(devices):
+        raise ValueError(f"chunk size {chunk} is not a multiple of {len(devices)} devices")
+    mesh = Mesh(np.asarray(devices), ("tasks",))
+    shard = NamedSharding(mesh, PartitionSpec("tasks"))
+    fn = jax.jit(make_collect(env, cfg), in_shardings=(shard, shard), out_shardings=shard)
+    return fn, shard
+
+
+def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
+            on_chunk: Callable[[np.ndarray, History, np.ndarray], None] | None = None,
+            chunk_size: int | None = None, memory_budget: float = 2 * 2**30,
+            devices: list | None = None, progress: bool = False,
+            stats: dict | None = None) -> tuple[History, np.ndarray] | None:
+    """Run PPO on ``task_index`` (indices into ``env.task_list()``), chunk by chunk.
+
+    With ``on_chunk`` each finished chunk ``(task_index, History, returns)`` is passed on
+    and nothing is kept; without it the concatenated numpy result is returned. ``stats``
+    (if given) receives ``compile_s``, ``run_s``, ``chunk`` and ``env_steps``."""
+    task_index = np.asarray(task_index, dtype=np.int64)
+    n_dev = len(jax.devices() if devices is None else devices)
+    chunk = chunk_size_for(env, cfg, max(len(task_index), 1), n_dev, memory_budget, chunk_size)
+    fn, shard = compile_collect(env, cfg, chunk, devices)
+    all_tasks = np.asarray(env.task_list(), dtype=np.int32)
+    t0 = time.perf_counter()
+    compiled = fn.lower(task_keys(0, np.zeros(chunk, np.int64)),
+                        env.params_for(all_tasks[np.zeros(chunk, np.int64)])).compile()
+    compile_s = time.perf_counter() - t0
+    starts = range(0, len(task_index), chunk)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(task_index), unit="task", desc=f"collect (chunk {chunk})")
+    kept: list[tuple[History, np.ndarray]] = []
+    run_s, steps_per_task = 0.0, cfg.n_streams * cfg.steps_per_stream
+    for s in starts:
+        idx = task_index[s:s + chunk]
+        padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])  # pad: repeat last
+        keys = jax.device_put(task_keys(cfg.seed, padded), shard)
+        params = jax.device_put(env.params_for(all_tasks[padded]), shard)
+        t1 = time.perf_counter()
+        hist, rets = jax.device_get(compiled(keys, params))
+        run_s += time.perf_counter() - t1
+        hist = History(*(np.asarray(x)[:len(idx)] for x in hist))
+        rets = np.asarray(rets)[:len(idx)]
+        if on_chunk is not None:
+            on_chunk(idx, hist, rets)
+        else:
+            kept.append((hist, rets))
+        if bar is not None:
+            bar.update(len(idx))
+            bar.set_postfix(steps_per_s=f"{(s + len(idx)) * steps_per_task / run_s:,.0f}")
+    if bar is not None:
+        bar.close()
+    if stats is not None:
+        stats.update(compile_s=compile_s, run_s=run_s, chunk=chunk,
+                     env_steps=len(task_index) * steps_per_task)
+    if on_chunk is not None:
+        return None
+    hist = History(*(np.concatenate(f) for f in zip(*(h for h, _ in kept), strict=True)))
+    return hist, np.concatenate([r for _, r in kept])

@@ -1,0 +1,190 @@
+"""Source algorithm: PPO in pure JAX with Stable-Baselines3 ``MlpPolicy`` semantics.
+
+AD distils *how a learner improves*, so the learner must improve the way the paper's does
+(SB3 PPO): separate actor and critic MLPs (64, 64, tanh), orthogonal init (sqrt(2) hidden,
+0.01 policy head, 1 value head), one Adam (eps 1e-5, constant lr) over both nets with a
+global grad-norm clip, GAE, advantages normalised per minibatch (torch ``std`` is the
+unbiased one), unclipped value loss, ``n_epochs`` shuffled passes per rollout, raw
+positions fed as floats, and truncation handled like SB3: ``r += gamma * V(s'_true)``.
+
+Everything here is a function of ONE task; ``collect.py`` vmaps it over tasks and scans
+it over updates, so a whole chunk of learners is one jitted call (PureJaxRL style).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Array = jax.Array
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """One learner per task acting in ``n_streams`` parallel copies of that task."""
+
+    n_streams: int = 100  # SB3 n_envs
+    steps_per_stream: int = 1000  # total env steps = n_streams * steps_per_stream
+    n_steps: int = 20  # rollout length per stream and update
+    minibatch_size: int = 50  # SB3 batch_size
+    n_epochs: int = 20
+    lr: float = 3e-4
+    adam_eps: float = 1e-5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    hidden: tuple[int, ...] = (64, 64)
+    normalize_advantage: bool = True
+    seed: int = 0
+
+    @property
+    def n_updates(self) -> int:
+        return self.steps_per_stream // self.n_steps
+
+    @property
+    def batch_size(self) -> int:  # transitions per rollout
+        return self.n_steps * self.n_streams
+
+    @property
+    def n_minibatches(self) -> int:
+        return self.batch_size // self.minibatch_size
+
+    def validate(self) -> None:
+        if min(self.n_streams, self.steps_per_stream, self.n_steps, self.minibatch_size,
+               self.n_epochs) < 1:
+            raise ValueError(f"PPO sizes must be positive: {self}")
+        if self.steps_per_stream % self.n_steps:
+            raise ValueError(f"steps_per_stream={self.steps_per_stream} must be a multiple "
+                             f"of n_steps={self.n_steps}")
+        if self.batch_size % self.minibatch_size:
+            raise ValueError(f"n_steps*n_streams={self.batch_size} must be a multiple of "
+                             f"minibatch_size={self.minibatch_size}")
+
+
+# Paper settings (Son et al., App. B): SB3 defaults plus these per-env values.
+_PAPER = {
+    "darkroom": dict(n_steps=20, minibatch_size=50, n_epochs=20),
+    "dark_key_to_door": dict(n_steps=50, minibatch_size=100, n_epochs=10),
+    "darkroom_permuted": dict(n_steps=50, minibatch_size=50, n_epochs=20),
+}
+
+
+def paper_ppo_config(env_name: str, **overrides: Any) -> PPOConfig:
+    if env_name not in _PAPER:
+        raise ValueError(f"no paper PPO settings for {env_name!r}; known: {sorted(_PAPER)}")
+    cfg = PPOConfig(**{**_PAPER[env_name], **overrides})
+    cfg.validate()
+    return cfg
+
+
+# -- networks --------------------------------------------------------------------------------
+def _mlp_init(key: Array, sizes: list[int], out_gain: float) -> list[tuple[Array, Array]]:
+    keys = jax.random.split(key, len(sizes) - 1)
+    layers = []
+    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
+        gain = out_gain if i == len(sizes) - 2 else np.sqrt(2.0)
+        w = jax.nn.initializers.orthogonal(gain)(k, (n_in, n_out), jnp.float32)
+        layers.append((w, jnp.zeros((n_out,), jnp.float32)))
+    return layers
+
+
+def init_params(key: Array, obs_dim: int, n_actions: int, cfg: PPOConfig) -> Params:
+    k_pi, k_vf = jax.random.split(key)
+    hid = list(cfg.hidden)
+    return {
+        "pi": _mlp_init(k_pi, [obs_dim, *hid, n_actions], 0.01),
+        "vf": _mlp_init(k_vf, [obs_dim, *hid, 1], 1.0),
+    }
+
+
+def _mlp(layers: list[tuple[Array, Array]], x: Array) -> Array:
+    for w, b in layers[:-1]:
+        x = jnp.tanh(x @ w + b)
+    w, b = layers[-1]
+    return x @ w + b
+
+
+def policy_logits(params: Params, obs: Array) -> Array:
+    """``obs [..., obs_dim]`` (any int/float dtype) -> logits ``[..., n_actions]``."""
+    return _mlp(params["pi"], obs.astype(jnp.float32))
+
+
+def value(params: Params, obs: Array) -> Array:
+    """``obs [..., obs_dim]`` -> ``V(obs) [...]``."""
+    return _mlp(params["vf"], obs.astype(jnp.float32))[..., 0]
+
+
+def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
+    # torch clip_grad_norm_ over all params, then Adam; eps outside the sqrt like torch.
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
+                       optax.adam(cfg.lr, eps=cfg.adam_eps))
+
+
+# -- advantage and loss ----------------------------------------------------------------------
+class Batch(NamedTuple):
+    obs: Array  # [B, obs_dim]
+    action: Array  # [B] int32
+    logp: Array  # [B] behaviour log-prob
+    adv: Array  # [B] GAE advantage
+    ret: Array  # [B] value target = adv + V_old
+
+
+def gae(reward: Array, val: Array, done: Array, last_val: Array, cfg: PPOConfig):
+    """SB3 ``compute_returns_and_advantage``; inputs ``[T, S]`` (reward already bootstrapped
+    on truncation), ``done[t]`` = the episode ended at step t. Returns ``(adv, ret)``."""
+    next_val = jnp.concatenate([val[1:], last_val[None]], axis=0)
+    nonterm = 1.0 - done.astype(jnp.float32)
+    delta = reward + cfg.gamma * next_val * nonterm - val
+
+    def back(acc, x):
+        d, nt = x
+        acc = d + cfg.gamma * cfg.gae_lambda * nt * acc
+        return acc, acc
+
+    _, adv = jax.lax.scan(back, jnp.zeros_like(last_val), (delta, nonterm), reverse=True)
+    return adv, adv + val
+
+
+def ppo_loss(params: Params, mb: Batch, cfg: PPOConfig) -> Array:
+    logits = policy_logits(params, mb.obs)
+    logp_all = jax.nn.log_softmax(logits)
+    logp = jnp.take_along_axis(logp_all, mb.action[:, None], axis=-1)[:, 0]
+    adv = mb.adv
+    if cfg.normalize_advantage and cfg.minibatch_size > 1:
+        adv = (adv - adv.mean()) / (jnp.std(adv, ddof=1) + 1e-8)
+    ratio = jnp.exp(logp - mb.logp)
+    clipped = jnp.clip(ratio, 1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps)
+    pg_loss = -jnp.minimum(adv * ratio, adv * clipped).mean()
+    v_loss = jnp.mean((mb.ret - value(params, mb.obs)) ** 2)
+    loss = pg_loss + cfg.vf_coef * v_loss
+    if cfg.ent_coef:
+        entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
+        loss = loss - cfg.ent_coef * entropy
+    return loss
+
+
+def update(params: Params, opt_state: Any, batch: Batch, key: Array, cfg: PPOConfig):
+    """``n_epochs`` shuffled passes of minibatch SGD over one rollout (one flat scan)."""
+    opt = make_optimizer(cfg)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, cfg.batch_size))(
+        jax.random.split(key, cfg.n_epochs))  # [E, B]
+    idx = perms.reshape(cfg.n_epochs * cfg.n_minibatches, cfg.minibatch_size)
+
+    def step(carry, mb_idx):
+        params, opt_state = carry
+        mb = jax.tree.map(lambda x: x[mb_idx], batch)
+        grads = jax.grad(ppo_loss)(params, mb, cfg)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), idx)
+    return params, opt_state
