@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -206,3 +207,37 @@ def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
         return None
     hist = History(*(np.concatenate(f) for f in zip(*(h for h, _ in kept), strict=True)))
     return hist, np.concatenate([r for _, r in kept])
+
+
+def collect_dataset(env_name: str, out: str | Path, cfg: PPOConfig | None = None, *,
+                    split: str = "all", n_tasks: int | None = None, resume: bool = False,
+                    overwrite: bool = False, progress: bool = True,
+                    chunk_size: int | None = None, memory_budget: float = 2 * 2**30,
+                    stats: dict | None = None, **env_kwargs: Any) -> dict:
+    """Collect the split's tasks (first ``n_tasks`` of them) into the dataset at ``out``.
+
+    Completed chunks are stored as they finish; with ``resume`` the tasks already stored are
+    skipped. ``metadata.json`` is written last. Returns the metadata dict."""
+    import dicp_envs
+    from dicp_jax import __version__
+    from dicp_jax.config import to_dict
+    from dicp_jax.history import DatasetWriter
+
+    env, _ = dicp_envs.make(env_name, **env_kwargs)
+    cfg = ppo.paper_ppo_config(env_name) if cfg is None else cfg
+    cfg.validate()
+    idx = dicp_envs.split_indices(env_name, split)
+    idx = idx if n_tasks is None else idx[:n_tasks]
+    tasks = np.asarray(env.task_list(), dtype=np.int32)[idx]
+    header = dict(env_name=env_name, env_kwargs=env_kwargs, split=split,
+                  task_index=idx, tasks=tasks, ppo=to_dict(cfg), seed=cfg.seed,
+                  source_algorithm="PPO (Stable-Baselines3 MlpPolicy semantics, dicp_jax.ppo)",
+                  task_seed="jax.random.fold_in(PRNGKey(seed), task_index)",
+                  version=__version__)
+    writer = DatasetWriter(out, header, resume=resume, overwrite=overwrite)
+    done = writer.done_tasks()
+    todo = np.asarray([i for i in idx if int(i) not in done], dtype=np.int64)
+    if len(todo):
+        collect(env, todo, cfg, on_chunk=writer.write_chunk, chunk_size=chunk_size,
+                memory_budget=memory_budget, progress=progress, stats=stats)
+    return writer.finalize()
