@@ -18,6 +18,7 @@ Design choices:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -144,15 +145,30 @@ def chunk_size_for(env: Any, cfg: PPOConfig, n_tasks: int, n_devices: int,
     return int(math.ceil(chunk_size / n_devices) * n_devices)
 
 
+_COMPILED: dict = {}
+
+
 def compile_collect(env: Any, cfg: PPOConfig, chunk: int, devices: list | None = None):
-    """Jit ``make_collect`` with the task axis sharded over ``devices`` (default: all)."""
-    devices = jax.devices() if devices is None else devices
+    """AOT-compile ``make_collect`` for ``chunk`` tasks, the task axis sharded over
+    ``devices`` (default: all). Cached per (env, cfg without seed, chunk, devices): XLA CPU
+    compiles take ~15 s, and the seed only enters through the keys."""
+    devices = list(jax.devices() if devices is None else devices)
     if chunk % len(devices):
         raise ValueError(f"chunk size {chunk} is not a multiple of {len(devices)} devices")
+    cache_key = (type(env).__name__, repr(sorted(vars(env).items())),
+                 dataclasses.replace(cfg, seed=0), chunk, tuple(d.id for d in devices))
+    if cache_key in _COMPILED:
+        compiled, shard, _ = _COMPILED[cache_key]
+        return compiled, shard, 0.0
     mesh = Mesh(np.asarray(devices), ("tasks",))
     shard = NamedSharding(mesh, PartitionSpec("tasks"))
     fn = jax.jit(make_collect(env, cfg), in_shardings=(shard, shard), out_shardings=shard)
-    return fn, shard
+    zeros = np.zeros(chunk, np.int64)
+    all_tasks = np.asarray(env.task_list(), dtype=np.int32)
+    t0 = time.perf_counter()
+    compiled = fn.lower(task_keys(0, zeros), env.params_for(all_tasks[zeros])).compile()
+    _COMPILED[cache_key] = (compiled, shard, time.perf_counter() - t0)
+    return _COMPILED[cache_key]
 
 
 def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
@@ -168,12 +184,8 @@ def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
     task_index = np.asarray(task_index, dtype=np.int64)
     n_dev = len(jax.devices() if devices is None else devices)
     chunk = chunk_size_for(env, cfg, max(len(task_index), 1), n_dev, memory_budget, chunk_size)
-    fn, shard = compile_collect(env, cfg, chunk, devices)
+    compiled, shard, compile_s = compile_collect(env, cfg, chunk, devices)
     all_tasks = np.asarray(env.task_list(), dtype=np.int32)
-    t0 = time.perf_counter()
-    compiled = fn.lower(task_keys(0, np.zeros(chunk, np.int64)),
-                        env.params_for(all_tasks[np.zeros(chunk, np.int64)])).compile()
-    compile_s = time.perf_counter() - t0
     starts = range(0, len(task_index), chunk)
     bar = None
     if progress:
