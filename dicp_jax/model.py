@@ -232,7 +232,8 @@ def init_params(model: DICPTransformer, key: Array, n_tokens: int | None = None)
                    obs=jnp.zeros((n, codec.obs_dim), jnp.int32),
                    prev_reward=jnp.zeros((n,), jnp.float32), first=jnp.zeros((n,), bool),
                    action=jnp.zeros((n,), jnp.int32), step=jnp.arange(n, dtype=jnp.int32) // 2)
-    return model.init({"params": key}, dummy, deterministic=True)["params"]
+    init = lambda k: model.init({"params": k}, dummy, deterministic=True)["params"]
+    return jax.jit(init)(key)  # one compile instead of hundreds of eager ops
 
 
 def interleave(obs: Array, prev_reward: Array, first: Array, action: Array,

@@ -1,0 +1,244 @@
+"""Training data on device: windows of learning histories -> model tokens and targets.
+
+The whole dataset is put on device once (``to_device``; sharded along the task axis over the
+``data`` mesh axis) and every train step samples its own windows inside ``jit``: uniform
+(task, stream, offset), gathered with ``shard_map`` (each device gathers the rows of its
+tasks, ``psum_scatter`` hands each device its batch shard), so results do not depend on the
+device count and no host work happens per step. Return-to-go is precomputed once at load.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dicp_jax.model import Tokens, interleave
+
+
+class TrainData(NamedTuple):  # [N, S, T, ...] with N padded to a multiple of the devices
+    obs: jax.Array  # [N, S, T, obs_dim] (compact ints for grids)
+    action: jax.Array  # [N, S, T]
+    reward: jax.Array  # [N, S, T]
+    next_obs: jax.Array  # [N, S, T, obs_dim]
+    done: jax.Array  # [N, S, T] int8
+    rtg: jax.Array  # [N, S, T] float32: return-to-go within the episode
+
+
+class Targets(NamedTuple):  # per transition [..., n]
+    action: jax.Array  # int32
+    reward: jax.Array  # float32
+    next_obs: jax.Array  # [..., n, obs_dim]
+    rtg: jax.Array  # float32
+
+
+def return_to_go(reward: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Sum of rewards from t to the end of t's episode, along the last axis (host, once)."""
+    reward = np.asarray(reward, np.float32)
+    out = np.zeros_like(reward)
+    acc = np.zeros(reward.shape[:-1], np.float32)
+    for t in range(reward.shape[-1] - 1, -1, -1):
+        acc = reward[..., t] + np.where(done[..., t], 0.0, acc)
+        out[..., t] = acc
+    return out
+
+
+def prepare(history, n_shards: int = 1) -> TrainData:
+    """History (numpy) -> TrainData (numpy), task axis zero-padded to a multiple of n_shards.
+
+    Padded tasks are never sampled (the sampler draws task < n_real)."""
+    done = np.asarray(history.done).astype(bool)
+    arrays = TrainData(np.asarray(history.obs), np.asarray(history.action),
+                       np.asarray(history.reward), np.asarray(history.next_obs),
+                       done.astype(np.int8), return_to_go(history.reward, done))
+    pad = (-arrays.obs.shape[0]) % n_shards
+    if pad:
+        arrays = TrainData(*(np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+                             for a in arrays))
+    return arrays
+
+
+def to_device(data: TrainData, mesh: Mesh) -> TrainData:
+    return jax.device_put(data, NamedSharding(mesh, P("data")))
+
+
+def window(data: TrainData, task, stream, offset, n: int) -> tuple[Tokens, Targets]:
+    """One window of n transitions starting at ``offset`` -> Tokens [2n], Targets [n].
+
+    The state token of transition t carries r_{t-1} and first_t = done_{t-1} from the data
+    (r = 0, first = True only at the very start of a stream), exactly as a cache filled while
+    acting would; its step index is window-relative (RoPE is relative)."""
+    sl = lambda a: jax.lax.dynamic_slice_in_dim(a[task, stream], offset, n, 0)
+    prev = lambda a, fill: jnp.where(offset > 0,
+                                     a[task, stream][jnp.maximum(offset - 1, 0)], fill)
+    reward = sl(data.reward).astype(jnp.float32)
+    done = sl(data.done).astype(bool)
+    prev_reward = jnp.concatenate([prev(data.reward, 0).astype(jnp.float32)[None], reward[:-1]])
+    first = jnp.concatenate([prev(data.done, 1).astype(bool)[None], done[:-1]])
+    obs, action = sl(data.obs), sl(data.action)
+    tokens = interleave(obs.astype(jnp.int32), prev_reward, first, action,
+                        jnp.arange(n, dtype=jnp.int32))
+    targets = Targets(action.astype(jnp.int32), reward, sl(data.next_obs).astype(jnp.int32),
+                      sl(data.rtg))
+    return tokens, targets
+
+
+def sample_indices(key, batch: int, n_tasks: int, n_streams: int, n_steps: int, n: int):
+    kt, ks, ko = jax.random.split(key, 3)
+    return (jax.random.randint(kt, (batch,), 0, n_tasks),
+            jax.random.randint(ks, (batch,), 0, n_streams),
+            jax.random.randint(ko, (batch,), 0, n_steps - n + 1))
+
+
+def gather_windows(data: TrainData, mesh: Mesh, task, stream, offset,
+                   n: int) -> tuple[Tokens, Targets]:
+    """Windows for global indices [B] from the task-sharded data; output sharded on batch."""
+    n_dev = mesh.shape["data"]
+
+    def local(d, task, stream, offset):
+        n_local = d.obs.shape[0]
+        lt = task - jax.lax.axis_index("data") * n_local
+        mine = (lt >= 0) & (lt < n_local)
+        out = jax.vmap(lambda t, s, o: window(d, t, s, o, n))(
+            jnp.clip(lt, 0, n_local - 1), stream, offset)
+
+        def share(a):
+            dt = a.dtype
+            a = jnp.where(mine.reshape((-1,) + (1,) * (a.ndim - 1)), a, 0)
+            a = a.astype(jnp.int32) if dt == jnp.bool_ else a
+            return jax.lax.psum_scatter(a, "data", scatter_dimension=0, tiled=True).astype(dt)
+
+        return jax.tree.map(share, out)
+
+    if n_dev == 1:  # same result, no collective
+        return jax.vmap(lambda t, s, o: window(data, t, s, o, n))(task, stream, offset)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P(), P(), P()),
+                         out_specs=P("data"))(data, task, stream, offset)
+
+
+def goal_seen(next_obs: jax.Array, reward: jax.Array) -> jax.Array:
+    """bool [..., n]: an earlier transition of the window was rewarded in the same cell s'."""
+    same = jnp.all(next_obs[..., :, None, :] == next_obs[..., None, :, :], -1)  # [.., i, j]
+    earlier = jnp.tril(jnp.ones(same.shape[-2:], bool), -1)
+    return jnp.any(same & earlier & (reward[..., None, :] > 0), -1)
+
+
+def synthetic_history(env_name: str, task_index, n_streams: int, n_steps: int, key,
+                      eps_start: float = 1.0, eps_end: float = 0.05):
+    """Scripted 'learning' histories: epsilon-greedy around the optimal action, epsilon
+    decaying linearly along each stream. For tests and benchmarks (History contract)."""
+    import dicp_envs
+    from dicp_jax.history import History
+
+    env, _ = dicp_envs.make(env_name)
+    tasks = np.asarray(env.task_list(), np.int32)[np.asarray(task_index)]
+    keys = jax.random.split(key, len(tasks) * n_streams).reshape(len(tasks), n_streams, -1)
+    eps = jnp.linspace(eps_start, eps_end, n_steps)
+    obs, a, r, nobs, done = jax.device_get(
+        _synthetic_fn(env_name, n_steps)(keys, env.params_for(tasks), eps))
+    return History(obs.astype(np.int8), a.astype(np.int8), r.astype(np.float16),
+                   nobs.astype(np.int8), done.astype(bool))
+
+
+@functools.lru_cache(maxsize=4)
+def _synthetic_fn(env_name: str, n_steps: int):
+    import dicp_envs
+
+    env, _ = dicp_envs.make(env_name)
+
+    def stream(key, p, eps):
+        obs0, state0 = env.reset(jax.random.fold_in(key, 2**31), p)
+
+        def step(carry, xs):
+            obs, state = carry
+            k, e = xs
+            ka, kr, ks = jax.random.split(k, 3)
+            a = jnp.where(jax.random.uniform(kr) < e,
+                          jax.random.randint(ka, (), 0, env.num_actions),
+                          env.optimal_action(state, p))
+            nobs, nstate, r, term, trunc, info = env.step(ks, state, a, p)
+            done = term | trunc
+            true_next = jnp.where(done, info.get("final_observation", nobs), nobs)
+            return (nobs, nstate), (obs, a, r, true_next, done)
+
+        _, out = jax.lax.scan(step, (obs0, state0), (jax.random.split(key, n_steps), eps))
+        return out
+
+    return jax.jit(jax.vmap(jax.vmap(stream, (0, None, None)), (0, 0, None)))
+
+
+class Validator:
+    """Fixed windows of held-out tasks' histories -> accuracy metrics of a set of params.
+
+    Reported: action / reward / next-obs accuracy, reward recall on rewarding transitions
+    (also restricted to those whose rewarding cell was already rewarded earlier in the
+    window), each accuracy also by position in the context."""
+
+    def __init__(self, model, test_data: TrainData, n_windows: int, seed: int = 0,
+                 chunk: int = 128, mesh: Mesh | None = None):
+        n = model.cfg.n_transit
+        self.chunk = min(chunk, n_windows)
+        n_windows = -(-n_windows // self.chunk) * self.chunk
+        d = jax.device_put(test_data, None if mesh is None else NamedSharding(mesh, P()))
+        idx = sample_indices(jax.random.PRNGKey(seed + 7919), n_windows,
+                             *d.action.shape[:3], n)
+        get = jax.jit(jax.vmap(window, (None, 0, 0, 0, None)), static_argnums=4)
+        self.tokens, self.targets = get(d, *idx, n)
+        self.seen = jax.jit(goal_seen)(self.targets.next_obs, self.targets.reward)
+        self.model, self.n_windows = model, n_windows
+        self._stats = _chunk_stats(model.cfg, model.codec)
+
+    def __call__(self, params) -> dict:
+        sums = None
+        for i in range(0, self.n_windows, self.chunk):
+            part = jax.tree.map(lambda a, i=i: a[i:i + self.chunk],
+                                (self.tokens, self.targets, self.seen))
+            s = self._stats(params, *part)
+            sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
+        s = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
+        w = float(self.n_windows)
+        ratio = lambda a, b: float(a.sum() / b.sum()) if b.sum() > 0 else None
+        by_pos = lambda a, b: [float(x / y) if y > 0 else None for x, y in zip(a, b, strict=True)]
+        return {
+            "action_acc": float(s["action_ok"].sum() / (w * len(s["action_ok"]))),
+            "reward_acc": float(s["reward_ok"].sum() / (w * len(s["reward_ok"]))),
+            "reward_recall": ratio(s["rewarding_ok"], s["rewarding"]),
+            "reward_recall_seen": ratio(s["seen_ok"], s["seen"]),
+            "obs_acc": float(s["obs_ok"].sum() / (w * len(s["obs_ok"]))),
+            "n_rewarding": int(s["rewarding"].sum()), "n_rewarding_seen": int(s["seen"].sum()),
+            "by_position": {"action_acc": (s["action_ok"] / w).tolist(),
+                            "reward_acc": (s["reward_ok"] / w).tolist(),
+                            "obs_acc": (s["obs_ok"] / w).tolist(),
+                            "reward_recall": by_pos(s["rewarding_ok"], s["rewarding"])},
+        }
+
+
+@functools.lru_cache(maxsize=8)
+def _chunk_stats(model_cfg, codec):
+    """Jitted per-position correct counts of one chunk of windows (cached per model)."""
+    from dicp_jax.model import DICPTransformer
+
+    model = DICPTransformer(model_cfg, codec)
+    return jax.jit(functools.partial(_stats_impl, model))
+
+
+def _stats_impl(model, params, tokens, targets, seen):
+    codec = model.codec
+    heads = jax.vmap(lambda t: model.apply({"params": params}, t)[0])(tokens)
+    act_ok = jnp.argmax(heads.action_logits[:, 0::2], -1) == targets.action
+    rew_ok = codec.reward_correct(heads.reward_logits[:, 1::2], targets.reward)
+    obs_ok = codec.obs_correct(heads.obs_logits[:, 1::2], targets.next_obs)
+    pos = targets.reward > 0
+    f = lambda x: x.astype(jnp.float32).sum(0)  # -> by position [n]
+    return {"action_ok": f(act_ok), "reward_ok": f(rew_ok), "obs_ok": f(obs_ok),
+            "rewarding": f(pos), "rewarding_ok": f(pos & rew_ok),
+            "seen": f(pos & seen), "seen_ok": f(pos & seen & rew_ok)}
+
+
+__all__ = ["Targets", "TrainData", "Validator", "gather_windows", "goal_seen", "prepare",
+           "return_to_go", "sample_indices", "synthetic_history", "to_device", "window"]

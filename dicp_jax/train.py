@@ -1,0 +1,273 @@
+"""Train the in-context Transformer (AD when dynamics_strength = 0, DICP otherwise).
+
+Everything per step runs on device: windows are sampled inside the jitted step, several
+steps run per call under ``lax.scan``, the batch is sharded over a 1-D ``data`` mesh of all
+devices (params replicated), and the step's randomness is ``fold_in(rng, step)``, so a run
+resumed from a checkpoint continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dicp_jax import checkpoint as ckpt
+from dicp_jax import config as cfglib
+from dicp_jax.codec import codec_for_name
+from dicp_jax.data import Validator, gather_windows, prepare, sample_indices, to_device
+from dicp_jax.model import DICPTransformer, ModelConfig, init_params
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 50_000
+    batch_size: int = 512
+    lr: float = 1e-2  # peak of the cosine schedule
+    warmup_steps: int = 1000
+    end_lr_ratio: float = 0.0  # final lr = lr * end_lr_ratio
+    b1: float = 0.9
+    b2: float = 0.99
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    dynamics_strength: float = 1.0  # lambda; 0 = plain Algorithm Distillation
+    steps_per_call: int = 100  # train steps per jitted call (lax.scan)
+    eval_every: int = 2500
+    eval_windows: int = 512
+    ckpt_every: int = 5000
+    keep_checkpoints: int = 3
+    seed: int = 0
+    split_seed: int | None = None  # None: the env's registered split
+
+    def validate(self) -> None:
+        for k in ("steps", "batch_size", "steps_per_call", "eval_every", "eval_windows",
+                  "ckpt_every", "keep_checkpoints"):
+            if getattr(self, k) < 1:
+                raise cfglib.ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.lr <= 0 or self.dynamics_strength < 0 or self.warmup_steps < 0:
+            raise cfglib.ConfigError("lr must be > 0, dynamics_strength and warmup_steps >= 0")
+
+
+PRESETS = {
+    "paper": TrainConfig(),
+    "cpu": TrainConfig(steps=4000, batch_size=32, lr=3e-3, warmup_steps=200, steps_per_call=50,
+                       eval_every=500, eval_windows=256, ckpt_every=1000),
+}
+
+
+def default_model_config(env_name: str) -> ModelConfig:
+    return ModelConfig(n_transit=80 if env_name == "darkroom" else 200)
+
+
+class TrainedModel(NamedTuple):
+    model: DICPTransformer
+    params: Any
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    env_name: str
+    codec: Any
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, min(cfg.warmup_steps, cfg.steps - 1), cfg.steps, cfg.lr * cfg.end_lr_ratio)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                       optax.adamw(sched, cfg.b1, cfg.b2, weight_decay=cfg.weight_decay))
+
+
+def losses(model, params, tokens, targets, key, lam: float, deterministic: bool = False):
+    """Per-batch loss = imitation + lam * (reward + next obs + return-to-go)."""
+    codec = model.codec
+    keys = jax.random.split(key, targets.action.shape[0])
+    apply = lambda t, k: model.apply({"params": params}, t, deterministic=deterministic,
+                                     rngs={"dropout": k})[0]
+    heads = jax.vmap(apply)(tokens, keys)
+    s, a = slice(0, None, 2), slice(1, None, 2)  # state tokens, action tokens
+    act = optax.softmax_cross_entropy_with_integer_labels(
+        heads.action_logits[:, s].astype(jnp.float32), targets.action).mean()
+    rew = codec.reward_loss(heads.reward_logits[:, a], targets.reward).mean()
+    obs = codec.obs_loss(heads.obs_logits[:, a], targets.next_obs).mean()
+    rtg = jnp.square((heads.rtg[:, a] - targets.rtg) / codec.rtg_scale).mean()
+    total = act + lam * (rew + obs + rtg)
+    return total, {"loss": total, "action_loss": act, "reward_loss": rew, "obs_loss": obs,
+                   "rtg_loss": rtg}
+
+
+@functools.lru_cache(maxsize=8)
+def make_train_call(model_cfg: ModelConfig, codec, cfg: TrainConfig, mesh: Mesh,
+                    shape: tuple[int, int, int]):
+    """jit(state, data, n_steps) -> (state, mean metrics) running n_steps steps in a scan.
+
+    Cached, so runs with the same configs in one process share the compiled step."""
+    model, tx = DICPTransformer(model_cfg, codec), make_optimizer(cfg)
+    n_tasks, n_streams, n_steps_data = shape
+    n = model.cfg.n_transit
+
+    def one_step(data, state, _):
+        key = jax.random.fold_in(state["rng"], state["step"])
+        k_idx, k_drop = jax.random.split(key)
+        idx = sample_indices(k_idx, cfg.batch_size, n_tasks, n_streams, n_steps_data, n)
+        tokens, targets = gather_windows(data, mesh, *idx, n)
+        grad_fn = jax.value_and_grad(losses, argnums=1, has_aux=True)
+        (_, metrics), grads = grad_fn(model, state["params"], tokens, targets, k_drop,
+                                      cfg.dynamics_strength)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return dict(state, params=params, opt_state=opt_state, step=state["step"] + 1), metrics
+
+    def call(state, data, n_steps):
+        state, metrics = jax.lax.scan(lambda s, x: one_step(data, s, x), state, None, n_steps)
+        return state, jax.tree.map(jnp.mean, metrics)
+
+    return jax.jit(call, static_argnums=2, donate_argnums=0)
+
+
+def init_state(model_cfg: ModelConfig, codec, cfg: TrainConfig, mesh: Mesh | None = None,
+               abstract: bool = False) -> dict:
+    """Train state {params, opt_state, step, rng}, replicated over ``mesh`` (or its shapes)."""
+    make, key = _state_fn(model_cfg, codec, cfg), jax.random.PRNGKey(cfg.seed)
+    if abstract:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                            jax.eval_shape(make, key))
+    return jax.device_put(make(key), NamedSharding(mesh, P()))
+
+
+@functools.lru_cache(maxsize=8)
+def _state_fn(model_cfg: ModelConfig, codec, cfg: TrainConfig):
+    model, tx = DICPTransformer(model_cfg, codec), make_optimizer(cfg)
+
+    @jax.jit
+    def make(key):
+        params = init_params(model, jax.random.fold_in(key, 1))
+        return {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0),
+                "rng": jax.random.fold_in(key, 2)}
+
+    return make
+
+
+def load_split(env_name: str, data_dir, split_seed: int | None):
+    """(train History, test History, split dict) of the tasks present in the dataset."""
+    import dicp_envs
+    from dicp_jax.history import load_history
+
+    _, meta = load_history(data_dir, env_name=env_name, task_index=None, steps=1,
+                           verify=False)
+    present = set(np.asarray(meta.task_index).tolist())
+    split = {"seed": split_seed}
+    for name in ("train", "test"):
+        idx = [int(i) for i in dicp_envs.split_indices(env_name, name, seed=split_seed)
+               if int(i) in present]
+        split[name] = sorted(idx)
+    if not split["train"] or not split["test"]:
+        raise ValueError(f"dataset {data_dir} lacks train or test tasks of {env_name}: {split}")
+    train_h, _ = load_history(data_dir, env_name=env_name, task_index=split["train"])
+    test_h, _ = load_history(data_dir, env_name=env_name, task_index=split["test"])
+    return train_h, test_h, split
+
+
+def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None,
+          model_cfg: ModelConfig | None = None, resume: bool = False, histories=None,
+          progress: bool = True, devices=None) -> dict:
+    """Train a model; returns the last validation metrics.
+
+    ``histories=(train_history, test_history[, split dict])`` bypasses ``data_dir``
+    (tests, benchmarks); ``devices`` defaults to ``jax.devices()``."""
+    train_cfg = train_cfg or PRESETS["paper"]
+    model_cfg = model_cfg or default_model_config(env_name)
+    train_cfg.validate()
+    model_cfg.validate()
+    run_dir = Path(run_dir)
+    if (run_dir / "config.json").exists():
+        saved = ckpt.read_config(run_dir)
+        if not resume:
+            raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume)"
+                                  " to continue it or choose another directory")
+        ckpt.check_compatible(saved, env_name, model_cfg, train_cfg, run_dir)
+    codec = codec_for_name(env_name)
+    if histories is None:
+        train_h, test_h, split = load_split(env_name, data_dir, train_cfg.split_seed)
+    else:
+        train_h, test_h = histories[:2]
+        split = histories[2] if len(histories) > 2 else {"seed": train_cfg.split_seed}
+    if train_h.action.shape[-1] < model_cfg.n_transit:
+        raise ValueError(f"streams of {train_h.action.shape[-1]} steps are shorter than "
+                         f"n_transit={model_cfg.n_transit}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_config(run_dir, ckpt.run_config(env_name, model_cfg, train_cfg, data_dir, split))
+
+    mesh = Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
+    if train_cfg.batch_size % mesh.size:
+        raise cfglib.ConfigError(f"batch_size={train_cfg.batch_size} must be divisible by the "
+                                 f"{mesh.size} devices")
+    data = to_device(prepare(train_h, mesh.size), mesh)
+    shape = (train_h.action.shape[0],) + tuple(train_h.action.shape[1:])
+    model = DICPTransformer(model_cfg, codec)
+    state = init_state(model_cfg, codec, train_cfg, mesh)
+    mngr = ckpt.manager(run_dir, train_cfg.keep_checkpoints)
+    if resume:
+        state = ckpt.restore(mngr, state) or state
+    validator = Validator(model, prepare(test_h), train_cfg.eval_windows, train_cfg.seed,
+                          mesh=mesh)
+    call = make_train_call(model_cfg, codec, train_cfg, mesh, shape)
+    val = _loop(state, data, call, validator, mngr, train_cfg, run_dir, progress)
+    ckpt.plot_metrics(run_dir)
+    return val
+
+
+def _loop(state, data, call, validator, mngr, cfg: TrainConfig, run_dir, progress) -> dict:
+    from tqdm.auto import tqdm
+
+    step = int(state["step"])
+    val: dict = {}
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True,
+               desc="train")
+    while step < cfg.steps:
+        boundary = min(cfg.steps, (step // cfg.eval_every + 1) * cfg.eval_every,
+                       (step // cfg.ckpt_every + 1) * cfg.ckpt_every)
+        n = min(cfg.steps_per_call, boundary - step)
+        t0 = time.perf_counter()
+        state, metrics = call(state, data, n)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        dt = time.perf_counter() - t0
+        step += n
+        bar.update(n)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{n / dt:.1f}")
+        ckpt.append_metrics(run_dir, {"step": step, **metrics, "steps_per_s": n / dt})
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            val = validator(state["params"])
+            ckpt.append_metrics(run_dir, {"step": step, "val": val})
+            bar.write(f"step {step}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in val.items() if not isinstance(v, dict)))
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            ckpt.save(mngr, step, state)
+    bar.close()
+    return val
+
+
+def load_trained(run_dir, step: int | None = None) -> TrainedModel:
+    """The trained model of a run directory (latest checkpoint unless ``step``)."""
+    saved = ckpt.read_config(run_dir)
+    model_cfg = cfglib.from_dict(ModelConfig, saved["model"])
+    train_cfg = cfglib.from_dict(TrainConfig, saved["train"])
+    codec = codec_for_name(saved["env_name"])
+    model = DICPTransformer(model_cfg, codec)
+    mngr = ckpt.manager(run_dir, train_cfg.keep_checkpoints)
+    target = init_state(model_cfg, codec, train_cfg, abstract=True)
+    state = ckpt.restore(mngr, target, step)
+    if state is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
+    return TrainedModel(model, state["params"], model_cfg, train_cfg, saved["env_name"], codec)
+
+
+__all__ = ["PRESETS", "TrainConfig", "TrainedModel", "default_model_config", "load_trained",
+           "losses", "make_optimizer", "train"]

@@ -1,0 +1,165 @@
+"""Training: data windows, overfitting, checkpoints/resume, config checks, data parallelism.
+
+All data is generated here (scripted epsilon-greedy Darkroom histories), never read from
+/work/data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dicp_jax.checkpoint import ConfigMismatch
+from dicp_jax.commands.train import build_configs
+from dicp_jax.config import ConfigError
+from dicp_jax.data import goal_seen, prepare, return_to_go, synthetic_history, window
+from dicp_jax.model import ModelConfig
+from dicp_jax.train import TrainConfig, load_trained, train
+
+TINY = ModelConfig(n_transit=12, width=16, n_layers=1, n_heads=2, mlp=32)
+QUICK = TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, steps_per_call=2,
+                    eval_every=2, eval_windows=4, ckpt_every=2)
+
+
+@pytest.fixture(scope="module")
+def all_hist():
+    """Tasks 3, 40, 77 (train), 10 (test), 70 (overfit): 4 streams of 100 steps each."""
+    return synthetic_history("darkroom", [3, 40, 77, 10, 70], 4, 100, jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def hist(all_hist):
+    return (jax.tree.map(lambda a: a[:3, :2], all_hist),
+            jax.tree.map(lambda a: a[3:4, :2], all_hist))
+
+
+def test_return_to_go():
+    r = np.array([0, 1, 1, 0, 1, 0], np.float32)
+    d = np.array([0, 0, 1, 0, 0, 1], bool)
+    np.testing.assert_array_equal(return_to_go(r, d), [2, 2, 1, 1, 1, 0])
+
+
+def test_window_tokens_handle_episode_boundaries(hist):
+    data = prepare(hist[0])
+    tok, tg = window(data, 0, 0, 15, 10)  # episode ends at step 19 -> reset at step 20
+    assert tok.step.tolist() == sorted(list(range(10)) * 2)
+    first = np.asarray(tok.first[0::2])
+    assert first.tolist() == [False] * 5 + [True] + [False] * 4
+    np.testing.assert_array_equal(tok.prev_reward[0::2][1:], tg.reward[:-1])
+    np.testing.assert_array_equal(tok.obs[0::2][5], [4, 4])  # reset obs, not next_obs[19]
+    tok0, _ = window(data, 0, 0, 0, 4)
+    assert bool(tok0.first[0]) and float(tok0.prev_reward[0]) == 0.0
+    seen = goal_seen(jnp.array([[1, 1], [2, 2], [1, 1], [1, 1]]), jnp.array([1.0, 0, 0, 1]))
+    assert seen.tolist() == [False, False, True, True]
+
+
+def test_overfit_one_task(tmp_path, all_hist):
+    """One task's history: next obs and reward become near-perfect within a few hundred
+    steps (validation on the same task)."""
+    h = jax.tree.map(lambda a: a[4:], all_hist)
+    cfg = TrainConfig(steps=300, batch_size=16, lr=1e-2, warmup_steps=30, steps_per_call=100,
+                      eval_every=300, eval_windows=32, ckpt_every=300)
+    model = ModelConfig(n_transit=20, width=32, n_layers=2, n_heads=2, mlp=64, dropout=0.0,
+                        attn_dropout=0.0)
+    val = train("darkroom", "synthetic", tmp_path / "run", cfg, model, histories=(h, h),
+                progress=False)
+    assert val["obs_acc"] > 0.97, val
+    assert val["reward_acc"] > 0.97, val
+    assert (tmp_path / "run" / "metrics.png").exists()
+
+
+def test_resume_is_bit_for_bit_and_config_checked(tmp_path, hist):
+    run = tmp_path / "a"
+    train("darkroom", "synthetic", run, QUICK, TINY, histories=hist, progress=False)
+    full = load_trained(run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "4"]
+    shutil.rmtree(run / "checkpoints" / "4")  # as if the run died after step 2
+    with pytest.raises(FileExistsError):
+        train("darkroom", "synthetic", run, QUICK, TINY, histories=hist)
+    train("darkroom", "synthetic", run, QUICK, TINY, histories=hist, resume=True,
+          progress=False)
+    a, b = full, load_trained(run)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(jax.tree.leaves(a.params)[0],
+                              jax.tree.leaves(load_trained(run, step=2).params)[0])
+    assert a.env_name == "darkroom" and a.model_cfg == TINY and a.codec.n_obs_classes == 81
+    wide = ModelConfig(**{**TINY.__dict__, "width": 32})
+    with pytest.raises(ConfigMismatch, match=r"model.width: saved 16 vs requested 32"):
+        train("darkroom", "synthetic", run, QUICK, wide, histories=hist, resume=True)
+    with pytest.raises(ConfigMismatch, match="env_name"):
+        train("darkroom_permuted", "synthetic", run, QUICK, TINY, histories=hist, resume=True)
+
+
+def test_ad_baseline_is_same_path(hist):
+    """lambda = 0 leaves the dynamics heads without gradient (plain AD)."""
+    from dicp_jax.codec import codec_for_name
+    from dicp_jax.data import gather_windows, sample_indices
+    from dicp_jax.model import DICPTransformer, init_params
+    from dicp_jax.train import losses
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    data = jax.tree.map(jnp.asarray, prepare(hist[0]))
+    tok, tg = gather_windows(data, mesh, *sample_indices(jax.random.PRNGKey(0), 4, 3, 2, 100,
+                                                         12), 12)
+    model = DICPTransformer(TINY, codec_for_name("darkroom"))
+    params = init_params(model, jax.random.PRNGKey(0))
+    g = jax.jit(jax.grad(lambda p: losses(model, p, tok, tg, jax.random.PRNGKey(1), 0.0)[0]))(
+        params)
+    assert float(jnp.abs(g["obs_head"]["kernel"]).max()) == 0.0
+    assert float(jnp.abs(g["action_head"]["kernel"]).max()) > 0.0
+
+
+def test_cli_rejects_bad_keys_and_values():
+    with pytest.raises(ConfigError, match="valid train keys"):
+        build_configs("darkroom", "cpu", ["nope=1"])
+    with pytest.raises(ConfigError, match="not a valid int"):
+        build_configs("darkroom", "cpu", ["width=wide"])
+    with pytest.raises(ConfigError, match="valid: "):
+        build_configs("darkroomz", "cpu", [])
+    t, m = build_configs("darkroom", "paper", ["width=64", "steps=7"], 0.0, 3)
+    assert (m.width, t.steps, t.dynamics_strength, t.split_seed) == (64, 7, 0.0, 3)
+    from dicp_jax.cli import main
+
+    assert main(["train", "--env", "darkroom", "--data", "/nonexistent", "--out", "/tmp/x",
+                 "--set", "bogus=1"]) == 2
+
+
+SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from dicp_jax.data import synthetic_history
+    from dicp_jax.model import ModelConfig
+    from dicp_jax.train import TrainConfig, load_trained, train
+    assert len(jax.devices()) == 4
+    a = synthetic_history("darkroom", [3, 40, 77, 10], 2, 60, jax.random.PRNGKey(0))
+    h = (jax.tree.map(lambda x: x[:3], a), jax.tree.map(lambda x: x[3:], a))
+    m = ModelConfig(n_transit=12, width=16, n_layers=1, n_heads=2, mlp=32)
+    c = TrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=1, steps_per_call=3,
+                    eval_every=6, eval_windows=8, ckpt_every=6)
+    out = {}
+    for n in (1, 4):
+        d = "{TMP}/dev" + str(n)
+        out[n] = train("darkroom", "x", d, c, m, histories=h, progress=False,
+                       devices=jax.devices()[:n])
+    a, b = load_trained("{TMP}/dev1"), load_trained("{TMP}/dev4")
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(x, y, atol=2e-5, rtol=1e-4)
+    assert abs(out[1]["obs_acc"] - out[4]["obs_acc"]) < 1e-6
+    print("OK")
+""")
+
+
+def test_data_parallel_matches_single_device(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", SCRIPT.replace("{TMP}", str(tmp_path))],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
