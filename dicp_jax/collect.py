@@ -8,8 +8,11 @@ scan (see ``ppo.update``). No Python loop per step or update, so XLA sees the wh
 Design choices:
 - Per-task RNG ``fold_in(base_key, task_index)`` (index into ``env.task_list()``): a task's
   history does not depend on which tasks share its chunk, its position, or the devices.
-- The task axis is sharded over a 1-D ``Mesh`` of ``jax.devices()``; a chunk is padded to a
-  fixed size (a multiple of the device count) so every chunk reuses one compiled program.
+- The task axis is split over a 1-D ``Mesh`` of ``jax.devices()`` (``shard_map``: each
+  device runs its own tasks, no communication); a chunk is padded to a fixed size (a
+  multiple of the device count) so every chunk reuses one compiled program. On CPU,
+  ``--xla_force_host_platform_device_count=<cores>`` turns the cores into devices (the
+  CLI does this by default), since one XLA CPU device runs these small ops on one core.
 - Records are cast to compact dtypes inside the scan (int8 positions, 0/1 rewards in
   float16), so the stacked history is small while it is being built, not only on disk.
 - Chunks are handed to a callback as soon as they are done (the dataset writer stores each
@@ -56,7 +59,14 @@ def task_keys(seed: int, task_index: Iterable[int]) -> Array:
 
 
 def make_collect(env: Any, cfg: PPOConfig) -> Callable[[Array, Any], tuple[History, Array]]:
-    """Pure ``(keys [N, 2], env_params [N]) -> (History [N, S, T], episode_returns [N, E])``."""
+    """Pure ``(keys [N, 2], env_params [N]) -> (History [N, S, T], episode_returns [N, E])``.
+
+    Rollouts are vmapped over tasks; the PPO update (the expensive part) runs per task under
+    ``lax.map``. Why: XLA CPU sums a vmapped gradient in a batch-size-dependent order, so
+    with a vmapped update a task's history changed (in the last bits, then in its actions)
+    with the chunk size and the device count. ``lax.map`` runs one per-task program, making
+    a history a function of (seed, task index) only; the task axis is then split across
+    devices (``shard_map`` in ``compile_collect``), which is where the parallelism comes from."""
     cfg.validate()
     S, H = cfg.n_streams, env.horizon
     dt = storage_dtypes(env)
@@ -64,49 +74,59 @@ def make_collect(env: Any, cfg: PPOConfig) -> Callable[[Array, Any], tuple[Histo
     step_streams = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     reset_streams = jax.vmap(env.reset, in_axes=(0, None))
 
-    def run_task(key: Array, env_params: Any) -> tuple[History, Array]:
-        k_init, k_reset, k_run = jax.random.split(key, 3)
-        params = ppo.init_params(k_init, env.obs_dim, env.num_actions, cfg)
-        obs, env_state = reset_streams(jax.random.split(k_reset, S), env_params)
+    def rollout(params, obs, env_state, key, env_params):
+        """One task, ``n_steps`` steps of ``S`` streams -> records and a training batch."""
 
-        def one_update(carry, k):
+        def env_step(c, k):
+            obs, env_state = c
+            k_act, k_env = jax.random.split(k)
+            logits = ppo.policy_logits(params, obs)  # [S, A]
+            v = ppo.value(params, obs)  # [S]
+            action = jax.random.categorical(k_act, logits)  # [S]
+            logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[:, 0]
+            nxt, env_state, reward, term, trunc, info = step_streams(
+                jax.random.split(k_env, S), env_state, action, env_params)
+            final = info["final_observation"]  # true s', also at an episode's end
+            boot = jnp.where(trunc & ~term, cfg.gamma * ppo.value(params, final), 0.0)
+            done = term | trunc
+            rec = History(obs.astype(dt["obs"]), action.astype(dt["action"]),
+                          reward.astype(dt["reward"]), final.astype(dt["obs"]), done)
+            return (nxt, env_state), (rec, (obs, action, logp, v, reward + boot, done))
+
+        (obs, env_state), (rec, train) = jax.lax.scan(
+            env_step, (obs, env_state), jax.random.split(key, cfg.n_steps))
+        t_obs, t_act, t_logp, t_val, t_rew, t_done = train  # [n_steps, S, ...]
+        adv, ret = ppo.gae(t_rew, t_val, t_done, ppo.value(params, obs), cfg)
+        flat = lambda x: x.reshape(cfg.batch_size, *x.shape[2:])
+        batch = ppo.Batch(flat(t_obs), flat(t_act), flat(t_logp), flat(adv), flat(ret))
+        return rec, batch, obs, env_state
+
+    def run_chunk(keys: Array, env_params: Any) -> tuple[History, Array]:
+        k_init, k_reset, k_run = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(keys),
+                                              1, 0)
+        params = jax.vmap(ppo.init_params, (0, None, None, None))(
+            k_init, env.obs_dim, env.num_actions, cfg)
+        obs, env_state = jax.vmap(reset_streams)(
+            jax.vmap(lambda k: jax.random.split(k, S))(k_reset), env_params)
+        run_keys = jax.vmap(lambda k: jax.random.split(k, cfg.n_updates))(k_run)  # [N, U, 2]
+
+        def one_update(carry, k):  # k: [N, 2]
             params, opt_state, obs, env_state = carry
-            k_roll, k_upd = jax.random.split(k)
-
-            def env_step(c, k):
-                obs, env_state = c
-                k_act, k_env = jax.random.split(k)
-                logits = ppo.policy_logits(params, obs)  # [S, A]
-                v = ppo.value(params, obs)  # [S]
-                action = jax.random.categorical(k_act, logits)  # [S]
-                logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[:, 0]
-                nxt, env_state, reward, term, trunc, info = step_streams(
-                    jax.random.split(k_env, S), env_state, action, env_params)
-                final = info["final_observation"]  # true s', also at an episode's end
-                boot = jnp.where(trunc & ~term, cfg.gamma * ppo.value(params, final), 0.0)
-                done = term | trunc
-                rec = History(obs.astype(dt["obs"]), action.astype(dt["action"]),
-                              reward.astype(dt["reward"]), final.astype(dt["obs"]), done)
-                train = (obs, action, logp, v, reward + boot, done)
-                return (nxt, env_state), (rec, train)
-
-            (obs, env_state), (rec, train) = jax.lax.scan(
-                env_step, (obs, env_state), jax.random.split(k_roll, cfg.n_steps))
-            t_obs, t_act, t_logp, t_val, t_rew, t_done = train  # [n_steps, S, ...]
-            adv, ret = ppo.gae(t_rew, t_val, t_done, ppo.value(params, obs), cfg)
-            flat = lambda x: x.reshape(cfg.batch_size, *x.shape[2:])
-            batch = ppo.Batch(flat(t_obs), flat(t_act), flat(t_logp), flat(adv), flat(ret))
-            params, opt_state = ppo.update(params, opt_state, batch, k_upd, cfg)
+            k_roll, k_upd = jnp.moveaxis(jax.vmap(jax.random.split)(k), 1, 0)
+            rec, batch, obs, env_state = jax.vmap(rollout)(params, obs, env_state, k_roll,
+                                                           env_params)
+            params, opt_state = jax.lax.map(lambda a: ppo.update(*a, cfg),
+                                            (params, opt_state, batch, k_upd))
             return (params, opt_state, obs, env_state), rec
 
-        carry = (params, opt.init(params), obs, env_state)
-        _, rec = jax.lax.scan(one_update, carry, jax.random.split(k_run, cfg.n_updates))
-        # [U, n_steps, S, ...] -> [S, T, ...]
-        hist = jax.tree.map(
-            lambda x: jnp.moveaxis(x, 2, 0).reshape(S, cfg.steps_per_stream, *x.shape[3:]), rec)
-        return hist, episode_returns(hist.reward, hist.done, H)
+        carry = (params, jax.vmap(opt.init)(params), obs, env_state)
+        _, rec = jax.lax.scan(one_update, carry, jnp.moveaxis(run_keys, 1, 0))
+        # [U, N, n_steps, S, ...] -> [N, S, T, ...]
+        hist = jax.tree.map(lambda x: jnp.moveaxis(x, (1, 3), (0, 1)).reshape(
+            x.shape[1], S, cfg.steps_per_stream, *x.shape[4:]), rec)
+        return hist, jax.vmap(episode_returns, (0, 0, None))(hist.reward, hist.done, H)
 
-    return jax.vmap(run_task)
+    return run_chunk
 
 
 def episode_returns(reward: Array, done: Array, horizon: int) -> Array:
@@ -162,7 +182,10 @@ def compile_collect(env: Any, cfg: PPOConfig, chunk: int, devices: list | None =
         return compiled, shard, 0.0
     mesh = Mesh(np.asarray(devices), ("tasks",))
     shard = NamedSharding(mesh, PartitionSpec("tasks"))
-    fn = jax.jit(make_collect(env, cfg), in_shardings=(shard, shard), out_shardings=shard)
+    spec = PartitionSpec("tasks")
+    per_device = jax.shard_map(make_collect(env, cfg), mesh=mesh, in_specs=(spec, spec),
+                               out_specs=spec, check_vma=False)
+    fn = jax.jit(per_device, in_shardings=(shard, shard), out_shardings=shard)
     zeros = np.zeros(chunk, np.int64)
     all_tasks = np.asarray(env.task_list(), dtype=np.int32)
     t0 = time.perf_counter()

@@ -10,11 +10,24 @@ Defaults are the env's paper PPO settings (``paper_ppo_config``); ``--set`` over
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 
+def use_all_cpu_cores() -> None:
+    """Expose every CPU core as an XLA device (before jax is imported): one XLA CPU device
+    runs these small per-task programs on one core, while tasks split across devices run
+    in parallel. No-op if jax is already imported or XLA_FLAGS already sets a count."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "jax" in sys.modules or "device_count" in flags:
+        return
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n or 1}".strip()
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    use_all_cpu_cores()
     parser.add_argument("--env", required=True, help="environment name, e.g. darkroom")
     parser.add_argument("--split", choices=("train", "test", "all"), default="all")
     parser.add_argument("--tasks", type=int, default=None, help="only the first N split tasks")
