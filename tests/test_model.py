@@ -33,11 +33,22 @@ def random_tokens(key, n: int, start: int = 0):
     return interleave(obs, rew, first, act, jnp.arange(start, start + n))
 
 
+class Jitted:
+    """``model.apply`` under jit (eager flax applies compile hundreds of tiny ops)."""
+
+    def __init__(self, model):
+        self.model, self.cfg, self.codec = model, model.cfg, model.codec
+        self._f = jax.jit(lambda p, t, c: model.apply(p, t, caches=c))
+
+    def apply(self, variables, tokens, caches=()):
+        return self._f(variables, tokens, tuple(caches))
+
+
 @pytest.fixture(scope="module")
 def setup():
     model = DICPTransformer(CFG, CODEC)
     params = init_params(model, jax.random.PRNGKey(0))
-    return model, params
+    return Jitted(model), params
 
 
 def test_codec_roundtrip():
@@ -60,12 +71,12 @@ def test_shapes_and_dtype_variants(setup):
     assert kv.k.shape == (CFG.n_layers, 14, CFG.n_heads, CFG.d_head)
     # batched via vmap, with dropout rngs
     toks = jax.tree.map(lambda a: jnp.stack([a, a]), tok)
-    f = jax.vmap(lambda t, k: model.apply({"params": params}, t, deterministic=False,
-                                          rngs={"dropout": k})[0].obs_logits)
+    f = jax.jit(jax.vmap(lambda t, k: model.model.apply(
+        {"params": params}, t, deterministic=False, rngs={"dropout": k})[0].obs_logits))
     out = f(toks, jax.random.split(jax.random.PRNGKey(2), 2))
     assert out.shape == (2, 14, 25) and not np.allclose(out[0], out[1])
     bf = DICPTransformer(ModelConfig(**{**CFG.__dict__, "dtype": "bfloat16"}), CODEC)
-    hb, _ = bf.apply({"params": params}, tok)
+    hb, _ = Jitted(bf).apply({"params": params}, tok)
     np.testing.assert_allclose(hb.obs_logits, heads.obs_logits, atol=0.1)
 
 
@@ -110,7 +121,7 @@ def test_ring_cache_matches_full_forward(setup, chunk):
     full, full_kv = model.apply({"params": params}, tok)
     cache = init_cache(CFG, 2 * CFG.n_transit)
     outs = []
-    apply = jax.jit(lambda p, t, c: model.apply({"params": p}, t, caches=(c,)))
+    apply = lambda p, t, c: model.apply({"params": p}, t, caches=(c,))
     for i in range(0, 2 * n, chunk):
         t = jax.tree.map(lambda a, i=i: a[i:i + chunk], tok)
         heads, kv = apply(params, t, cache)

@@ -37,11 +37,11 @@ def build_configs(env: str, preset: str, sets: list[str], dynamics_strength=None
     """(train_cfg, model_cfg) from a preset plus overrides; raises ConfigError early."""
     import dicp_envs
     from dicp_jax import config as cfglib
-    from dicp_jax.train import PRESETS, TrainConfig, default_model_config
+    from dicp_jax.train import TrainConfig, preset_configs
 
     if env not in dicp_envs.names():
         raise cfglib.ConfigError(f"unknown env {env!r}; valid: {', '.join(dicp_envs.names())}")
-    train_cfg, model_cfg = PRESETS[preset], default_model_config(env)
+    train_cfg, model_cfg = preset_configs(env, preset)
     overrides = cfglib.parse_sets(sets)
     if dynamics_strength is not None:
         overrides["dynamics_strength"] = dynamics_strength
