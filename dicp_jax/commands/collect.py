@@ -15,19 +15,20 @@ import sys
 import time
 
 
-def use_all_cpu_cores() -> None:
-    """Expose every CPU core as an XLA device (before jax is imported): one XLA CPU device
-    runs these small per-task programs on one core, while tasks split across devices run
-    in parallel. No-op if jax is already imported or XLA_FLAGS already sets a count."""
+def use_cpu_devices(n: int) -> None:
+    """Expose ``n`` XLA CPU devices (must run before jax is imported). Opt-in: on this
+    shared 2-core box, forced host devices stalled for minutes under CPU contention."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "jax" in sys.modules or "device_count" in flags:
         return
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n or 1}".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    use_all_cpu_cores()
+    if "--cpu-devices" in sys.argv:
+        i = sys.argv.index("--cpu-devices")
+        if i + 1 < len(sys.argv) and sys.argv[i + 1].isdigit():
+            use_cpu_devices(int(sys.argv[i + 1]))
     parser.add_argument("--env", required=True, help="environment name, e.g. darkroom")
     parser.add_argument("--split", choices=("train", "test", "all"), default="all")
     parser.add_argument("--tasks", type=int, default=None, help="only the first N split tasks")
@@ -41,6 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="split tasks over N XLA CPU devices (same histories as 1)")
 
 
 def run(args: argparse.Namespace) -> int:
