@@ -12,6 +12,10 @@ import dicp_envs
 from dicp_jax import collect, history
 from dicp_jax.ppo import PPOConfig
 
+# One xdist worker for the whole module: the fixture and the compiled programs (cached in
+# dicp_jax.collect per chunk size) are then built once; XLA CPU compiles dominate the time.
+pytestmark = pytest.mark.xdist_group("collect")
+
 TINY = PPOConfig(n_streams=4, steps_per_stream=40, n_steps=20, minibatch_size=20, n_epochs=2)
 IDX = np.array([5, 17, 40, 80])
 
@@ -85,7 +89,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch, env):
         return real(self, *a)
 
     monkeypatch.setattr(history.DatasetWriter, "write_chunk", crash_on_second)
-    kw = dict(n_tasks=5, chunk_size=2, progress=False)
+    kw = dict(n_tasks=4, chunk_size=1, progress=False)  # chunk 1: reuses the "alone" program
     with pytest.raises(KeyboardInterrupt):
         collect.collect_dataset("darkroom", out, TINY, **kw)
     assert not (out / "metadata.json").exists()
@@ -94,9 +98,9 @@ def test_resume_after_interruption(tmp_path, monkeypatch, env):
     monkeypatch.setattr(history.DatasetWriter, "write_chunk", real)
     meta = collect.collect_dataset("darkroom", out, TINY, resume=True, **kw)
     stored = [t for s in meta["shards"] for t in s["task_index"]]
-    assert sorted(stored) == list(range(5)) and len(meta["shards"]) == 3
+    assert sorted(stored) == list(range(4)) and len(meta["shards"]) == 4
     hist, dm = history.load_history(out, env_name="darkroom")
-    assert dm.task_index.tolist() == list(range(5)) and dm.ppo_config() == TINY
-    direct, rets = collect.collect(env, np.arange(5), TINY, chunk_size=2)
+    assert dm.task_index.tolist() == list(range(4)) and dm.ppo_config() == TINY
+    direct, rets = collect.collect(env, np.arange(4), TINY)
     assert all(np.array_equal(a, b) for a, b in zip(hist, direct, strict=True))
     np.testing.assert_array_equal(dm.episode_returns, rets)
