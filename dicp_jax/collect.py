@@ -11,8 +11,8 @@ Design choices:
 - The task axis is split over a 1-D ``Mesh`` of ``jax.devices()`` (``shard_map``: each
   device runs its own tasks, no communication); a chunk is padded to a fixed size (a
   multiple of the device count) so every chunk reuses one compiled program. On CPU,
-  ``--xla_force_host_platform_device_count=<cores>`` turns the cores into devices (the
-  CLI does this by default), since one XLA CPU device runs these small ops on one core.
+  ``--xla_force_host_platform_device_count=N`` (``dicp collect --cpu-devices N``) makes
+  N devices; opt-in, because on the shared 2-core box such runs stalled under contention.
 - Records are cast to compact dtypes inside the scan (int8 positions, 0/1 rewards in
   float16), so the stacked history is small while it is being built, not only on disk.
 - Chunks are handed to a callback as soon as they are done (the dataset writer stores each
