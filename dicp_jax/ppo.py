@@ -7,8 +7,9 @@ global grad-norm clip, GAE, advantages normalised per minibatch (torch ``std`` i
 unbiased one), unclipped value loss, ``n_epochs`` shuffled passes per rollout, raw
 positions fed as floats, and truncation handled like SB3: ``r += gamma * V(s'_true)``.
 
-Everything here is a function of ONE task; ``collect.py`` vmaps it over tasks and scans
-it over updates, so a whole chunk of learners is one jitted call (PureJaxRL style).
+Everything here is a function of ONE task; ``collect.py`` vmaps the rollouts over tasks,
+maps ``update`` over them (``lax.map``, see its docstring for why) and scans over updates,
+so a whole chunk of learners is one jitted call (PureJaxRL style).
 """
 
 from __future__ import annotations
