@@ -91,20 +91,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from dicp_jax import config as cfglib
     from dicp_jax.data import prepare, synthetic_history, to_device
-    from dicp_jax.train import PRESETS, default_model_config
+    from dicp_jax.train import preset_configs
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     hist = synthetic_history("darkroom", np.arange(0, 81, 5), 4, 400, jax.random.PRNGKey(0))
     data = to_device(prepare(hist, mesh.size), mesh)
     peak = matmul_peak()
-    model_cfg = default_model_config("darkroom")
-    runs = [
-        ("cpu preset", PRESETS["cpu"], model_cfg),
-        ("paper (batch 512)", cfglib.replace(PRESETS["paper"],
-                                             steps_per_call=2 if args.quick else 5), model_cfg),
-    ]
-    if args.quick:
-        runs[0] = ("cpu preset", cfglib.replace(PRESETS["cpu"], steps_per_call=10), model_cfg)
+    cpu_train, cpu_model = preset_configs("darkroom", "cpu")
+    paper_train, paper_model = preset_configs("darkroom", "paper")
+    runs = [("cpu preset", cfglib.replace(cpu_train, steps_per_call=10 if args.quick else 50),
+             cpu_model),
+            ("paper (batch 512)", cfglib.replace(paper_train,
+                                                 steps_per_call=2 if args.quick else 5),
+             paper_model)]
     rows = [bench_config(name, t, m, data, mesh, calls=1 if args.quick else 3)
             for name, t, m in runs]
     for r in rows:

@@ -59,15 +59,16 @@ class TrainConfig:
 
 PRESETS = {
     "paper": TrainConfig(),
-    "cpu": TrainConfig(steps=4000, batch_size=32, lr=3e-3, warmup_steps=200, steps_per_call=50,
+    # Measured on Darkroom (2 shared cores, 5-7 steps/s): 8-11 min incl. compile + evals.
+    "cpu": TrainConfig(steps=3000, batch_size=32, lr=1e-2, warmup_steps=200, steps_per_call=50,
                        eval_every=500, eval_windows=256, ckpt_every=1000),
 }
 
 
 # Model-side parts of a preset: per-element attention dropout costs ~half the CPU step
-# time (random bits for B x H x 2n x 2n), and the short CPU schedule sees far fewer windows
-# than the dataset holds (no overfitting to fight), so it trains without dropout.
-PRESET_MODEL = {"paper": {}, "cpu": {"attn_dropout": 0.0, "dropout": 0.0}}
+# time (random bits for B x H x 2n x 2n), so the CPU schedule drops it; residual dropout
+# stays (without it the model memorises the train tasks' goals: test obs acc fell to 93%).
+PRESET_MODEL = {"paper": {}, "cpu": {"attn_dropout": 0.0}}
 
 
 def default_model_config(env_name: str) -> ModelConfig:
