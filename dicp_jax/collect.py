@@ -155,13 +155,24 @@ def bytes_per_task(env: Any, cfg: PPOConfig) -> int:
     return int(records + 4 * rollout + (1 << 16))
 
 
+# XLA CPU (jaxlib 0.10.2) intermittently deadlocks on this program -- the main thread waits
+# for a result while every pool thread idles -- and far more often with many tasks per call
+# (seen with 32 to 81; 27 per call ran the paper-scale Darkroom collection reliably). Until
+# that is understood, CPU calls stay at 27 tasks per device (81 tasks = 3 x 27).
+CPU_MAX_TASKS_PER_DEVICE = 27
+
+
 def chunk_size_for(env: Any, cfg: PPOConfig, n_tasks: int, n_devices: int,
                    memory_budget: float = 2 * 2**30, chunk_size: int | None = None) -> int:
     """Tasks per jitted call: the budget's worth (or ``chunk_size``), never more than needed,
-    rounded up to a multiple of the device count."""
+    balanced across calls and rounded up to a multiple of the device count."""
     if chunk_size is None:
         chunk_size = max(1, int(memory_budget // bytes_per_task(env, cfg)))
     chunk_size = max(1, min(int(chunk_size), n_tasks))
+    if jax.default_backend() == "cpu":
+        chunk_size = min(chunk_size, CPU_MAX_TASKS_PER_DEVICE * n_devices)
+    n_calls = math.ceil(n_tasks / chunk_size)
+    chunk_size = math.ceil(n_tasks / n_calls)
     return int(math.ceil(chunk_size / n_devices) * n_devices)
 
 

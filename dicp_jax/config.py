@@ -121,5 +121,10 @@ def load(cfg_type: type[T], path: str | Path) -> T:
 
 def diff(a: Any, b: Any) -> dict[str, tuple[Any, Any]]:
     """Fields whose values differ between two configs of the same type: ``{key: (a, b)}``."""
-    da, db = to_dict(a), to_dict(b)
+    return diff_dicts(to_dict(a), to_dict(b))
+
+
+def diff_dicts(da: dict[str, Any], db: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (a, b)}`` for keys whose JSON-normalised values differ."""
+    da, db = json.loads(json.dumps(da, default=list)), json.loads(json.dumps(db, default=list))
     return {k: (da.get(k), db.get(k)) for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)}

@@ -68,14 +68,13 @@ def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, 
     from dicp_jax.evaluate import EvalConfig
     from dicp_jax.planner import PlanConfig
     from dicp_jax.ppo import paper_ppo_config
-    from dicp_jax.train import PRESETS, default_model_config
+    from dicp_jax.train import preset_configs
 
     dicp_envs.spec(exp.env)  # unknown env -> error listing the known ones
-    if exp.preset not in PRESETS:
-        raise cfglib.ConfigError(f"unknown preset {exp.preset!r}; known: {sorted(PRESETS)}")
+    train, model = preset_configs(exp.env, exp.preset)
     ppo = cfglib.replace(paper_ppo_config(exp.env), **exp.collect)
-    model = cfglib.replace(default_model_config(exp.env), **exp.model)
-    train = cfglib.replace(PRESETS[exp.preset], **exp.train)
+    model = cfglib.replace(model, **exp.model)
+    train = cfglib.replace(train, **exp.train)
     if splits_seed is not None:
         train = dataclasses.replace(train, split_seed=splits_seed)
 
@@ -91,15 +90,21 @@ def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, 
                 ad=eval_cfg(exp.ad, "policy"))
 
 
-def _dataset_ok(env_name: str, data_dir: Path) -> bool:
+def _dataset_ok(env_name: str, data_dir: Path, ppo: Any) -> bool:
+    """A complete, uncorrupted dataset of this env collected with these PPO settings."""
     from dicp_jax.history import DatasetError, load_history
 
     if not (data_dir / "metadata.json").exists():
         return False
     try:
-        load_history(data_dir, env_name=env_name, streams=[0], steps=1)
+        _, meta = load_history(data_dir, env_name=env_name, streams=[0], steps=1)
     except DatasetError as e:
         print(f"dataset {data_dir} is not usable ({e}); collecting again")
+        return False
+    differ = cfglib.diff_dicts(meta.ppo, cfglib.to_dict(ppo))
+    if differ:
+        print(f"dataset {data_dir} was collected with other PPO settings {differ}; "
+              "collecting again")
         return False
     return True
 
@@ -132,12 +137,15 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
     all_tasks = np.asarray(env.task_list())
 
     cfgs = stage_configs(exp)
-    if force or not _dataset_ok(exp.env, data_dir):
+    if force or not _dataset_ok(exp.env, data_dir, cfgs["ppo"]):
         if force and data_dir.exists():
             shutil.rmtree(data_dir)
         print(f"[1/3] collecting PPO histories on every {exp.env} task -> {data_dir}")
-        collect_dataset(exp.env, data_dir, cfgs["ppo"], split="all", resume=True,
-                        progress=progress)
+        # No metadata yet: an interrupted collection, resumed chunk by chunk. Otherwise the
+        # finished dataset is unusable and is replaced.
+        partial = not (data_dir / "metadata.json").exists()
+        collect_dataset(exp.env, data_dir, cfgs["ppo"], split="all", resume=partial,
+                        overwrite=not partial, progress=progress)
     else:
         print(f"[1/3] reusing the dataset in {data_dir}")
 

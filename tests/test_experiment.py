@@ -1,0 +1,100 @@
+"""`make train`'s pipeline: config validation, tables/plots, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dicp_jax.config import ConfigError, to_dict
+from dicp_jax.experiment import load_experiment, run_experiment, stage_configs
+from dicp_jax.results import markdown, plot, summarise
+
+
+def _write(tmp_path, **data):
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps({"env": "darkroom", **data}))
+    return str(path)
+
+
+def test_shipped_experiments_load():
+    for name in ("darkroom", "darkroom_paper", "dark_key_to_door", "darkroom_permuted"):
+        assert load_experiment(name).env in name
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"bogus": 1}, "unknown key"),
+    ({"train": {"stepz": 3}}, "valid keys"),
+    ({"dicp": {"beam_size": "ten"}}, "beam_size"),
+    ({"preset": "gpu"}, "unknown preset"),
+])
+def test_bad_experiment_files_fail_before_any_work(tmp_path, data, match):
+    with pytest.raises((ConfigError, ValueError), match=match):
+        load_experiment(_write(tmp_path, **data))
+
+
+def test_unknown_experiment_lists_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="darkroom"):
+        load_experiment("no_such_experiment")
+
+
+def test_table_and_plot(tmp_path):
+    returns = {"DICP": np.array([[0, 10, 20], [0, 5, 10.0]]), "AD": np.zeros((2, 3))}
+    optimal = np.array([20.0, 10.0])
+    rows = summarise(returns, optimal)
+    row = next(r for r in rows if r["method"] == "DICP" and r["column"] == "ep 1-5")
+    assert row["last_episode"] == 3 and row["n_tasks"] == 2
+    assert row["mean_return"] == pytest.approx((10 + 5) / 2)
+    assert row["mean_fraction"] == pytest.approx(0.5)
+    md = markdown(rows, "t", ["a note"])
+    assert "| DICP |" in md and "(50%)" in md and "- a note" in md
+    plot(returns, optimal, tmp_path / "p.png", "t", 20, reference={"paper": {1: 3.0}})
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def _synthetic_dataset(path, ppo, n_streams=2, n_steps=40):
+    """A small dataset of scripted epsilon-greedy histories on every Darkroom task, written
+    with the real writer (PPO collection itself is covered by test_collect)."""
+    import jax
+
+    import dicp_envs
+    from dicp_jax.collect import episode_returns
+    from dicp_jax.data import synthetic_history
+    from dicp_jax.history import DatasetWriter
+
+    env, _ = dicp_envs.make("darkroom")
+    idx = dicp_envs.split_indices("darkroom", "all")
+    hist = synthetic_history("darkroom", idx, n_streams, n_steps, jax.random.PRNGKey(0))
+    rets = jax.vmap(episode_returns, (0, 0, None))(hist.reward, hist.done, env.horizon)
+    header = dict(env_name="darkroom", env_kwargs={}, split="all", task_index=idx,
+                  tasks=np.asarray(env.task_list())[idx], ppo=ppo, seed=0, version="test")
+    writer = DatasetWriter(path, header)
+    writer.write_chunk(idx, jax.tree.map(np.asarray, hist), np.asarray(rets))
+    writer.finalize()
+
+
+@pytest.mark.xdist_group("pipeline")
+def test_tiny_pipeline_runs_then_reuses_everything(tmp_path, capsys):
+    exp = load_experiment(_write(
+        tmp_path,
+        model={"n_transit": 8, "width": 16, "n_layers": 1, "n_heads": 2, "mlp": 32},
+        train={"steps": 4, "batch_size": 4, "steps_per_call": 2, "eval_every": 4,
+               "ckpt_every": 4, "eval_windows": 8, "warmup_steps": 1},
+        dicp={"episodes": 2, "beam_size": 2, "depth": 2, "plan_start": 0},
+        ad={"episodes": 2},
+    ))
+    ppo = to_dict(stage_configs(exp)["ppo"])  # as if collected with the experiment's PPO
+    _synthetic_dataset(tmp_path / "results" / "exp" / "data", ppo)
+    out = run_experiment(exp, out_root=tmp_path / "results", progress=False)
+    for name in ("results.md", "results.csv", "returns.png"):
+        assert (out / name).exists()
+    table = (out / "results.md").read_text()
+    assert "| DICP |" in table and "| AD |" in table and "| PPO |" in table
+    assert "8 test tasks pooled over 1 split" in table
+    log = capsys.readouterr().out
+    assert "reusing the dataset" in log and "training" in log
+    run_experiment(exp, out_root=tmp_path / "results", progress=False)
+    log = capsys.readouterr().out
+    assert "reusing the dataset" in log and "reusing the trained model" in log
+    assert "reusing the meta-test results" in log
