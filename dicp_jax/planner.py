@@ -33,7 +33,7 @@ from dicp_jax.world_model import WorldModel
 class PlanConfig:
     beam_size: int = 10
     depth: int = 8  # imagined steps at most (paper: grid - 1 Darkroom, 2 (grid - 1) others)
-    greedy: bool = True  # rank actions by probability (True) or sample w/o replacement
+    greedy: bool = False  # rank actions by a sample w/o replacement (paper) or by probability
     leaf_value: bool = False  # add predicted return-to-go beyond the last imagined reward
     reward_estimate: Literal["argmax", "expected"] = "argmax"
 
