@@ -29,9 +29,10 @@ import numpy as np
 
 import dicp_envs
 from dicp_jax.codec import codec_for
-from dicp_jax.evaluate import EvalConfig, make_evaluate, task_keys
+from dicp_jax.evaluate import EvalConfig, make_evaluate
 from dicp_jax.model import DICPTransformer, ModelConfig, init_params, token_pos
 from dicp_jax.planner import PlanConfig, action_token, beam_search, state_token
+from dicp_jax.rng import task_keys
 from dicp_jax.world_model import cached, uncached
 
 RESULTS = Path(__file__).resolve().parent / "results" / "planner.json"

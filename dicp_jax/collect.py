@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dicp_jax import ppo
 from dicp_jax.history import History
 from dicp_jax.ppo import PPOConfig
+from dicp_jax.rng import task_keys
 
 Array = jax.Array
 
@@ -51,11 +52,9 @@ def storage_dtypes(env: Any) -> dict[str, Any]:
     }
 
 
-def task_keys(seed: int, task_index: Iterable[int]) -> Array:
+def seed_keys(seed: int, task_index: Iterable[int]) -> Array:
     """One key per task, from (base seed, task index) only."""
-    base = jax.random.PRNGKey(seed)
-    idx = jnp.asarray(np.asarray(task_index, dtype=np.uint32))
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(idx)
+    return task_keys(jax.random.PRNGKey(seed), task_index)
 
 
 def make_collect(env: Any, cfg: PPOConfig) -> Callable[[Array, Any], tuple[History, Array]]:
@@ -200,7 +199,7 @@ def compile_collect(env: Any, cfg: PPOConfig, chunk: int, devices: list | None =
     zeros = np.zeros(chunk, np.int64)
     all_tasks = np.asarray(env.task_list(), dtype=np.int32)
     t0 = time.perf_counter()
-    compiled = fn.lower(task_keys(0, zeros), env.params_for(all_tasks[zeros])).compile()
+    compiled = fn.lower(seed_keys(0, zeros), env.params_for(all_tasks[zeros])).compile()
     _COMPILED[cache_key] = (compiled, shard, time.perf_counter() - t0)
     return _COMPILED[cache_key]
 
@@ -230,7 +229,7 @@ def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
     for s in starts:
         idx = task_index[s:s + chunk]
         padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])  # pad: repeat last
-        keys = jax.device_put(task_keys(cfg.seed, padded), shard)
+        keys = jax.device_put(seed_keys(cfg.seed, padded), shard)
         params = jax.device_put(env.params_for(all_tasks[padded]), shard)
         t1 = time.perf_counter()
         hist, rets = jax.device_get(compiled(keys, params))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from dicp_jax.model import token_pos
 from dicp_jax.planner import PlanConfig, action_token, beam_search, state_token
+from dicp_jax.rng import task_keys
 from dicp_jax.world_model import WorldModel
 
 
@@ -123,11 +124,6 @@ def make_evaluate(env: Any, wm_factory: Callable[[Any], WorldModel], codec: Any,
         return jax.vmap(rollout)(tasks, keys)
 
     return evaluate
-
-
-def task_keys(key: jax.Array, task_index: Any) -> jax.Array:
-    """One key per task from a base key and the tasks' global indices (batch-independent)."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(task_index))
 
 
 def paper_depth(env: Any) -> int:

@@ -7,9 +7,10 @@ import numpy as np
 
 import dicp_envs
 from dicp_jax.codec import codec_for
-from dicp_jax.evaluate import EvalConfig, make_evaluate, task_keys
+from dicp_jax.evaluate import EvalConfig, make_evaluate
 from dicp_jax.model import DICPTransformer, ModelConfig, init_params
 from dicp_jax.planner import PlanConfig
+from dicp_jax.rng import task_keys
 from dicp_jax.world_model import cached
 
 MCFG = ModelConfig(n_transit=8, width=16, n_layers=2, n_heads=2, mlp=32)
