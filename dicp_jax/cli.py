@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -19,8 +20,28 @@ COMMANDS = {
 }
 
 
+def use_cpu_devices(argv: list[str]) -> None:
+    """Expose one XLA CPU device per usable core (``--cpu-devices N`` overrides; 1 = off).
+
+    Why: per-task PPO updates and small matmuls barely use XLA CPU's intra-op threads, while
+    task- or batch-sharding over N CPU devices runs N programs side by side (measured: PPO
+    collection 2.1x faster on 2 cores). Only the CPU platform is affected, so GPU/TPU runs are
+    unchanged. Must happen before jax is imported; an explicit device count in XLA_FLAGS wins."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if "--cpu-devices" in argv:
+        i = argv.index("--cpu-devices")
+        if i + 1 >= len(argv) or not argv[i + 1].isdigit() or int(argv[i + 1]) < 1:
+            raise SystemExit("dicp: --cpu-devices needs a positive integer")
+        n = int(argv[i + 1])
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "jax" in sys.modules or "device_count" in flags:
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    use_cpu_devices(argv)
     parser = argparse.ArgumentParser(
         prog="dicp", description="In-context RL (AD) and in-context planning (DICP) in JAX."
     )
@@ -29,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if argv and argv[0] == name:  # only the chosen command pays for its imports
             importlib.import_module(f"dicp_jax.commands.{name}").configure(p)
+            p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                           help="XLA CPU devices to shard over (default: one per core)")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

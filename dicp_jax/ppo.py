@@ -88,12 +88,37 @@ def paper_ppo_config(env_name: str, **overrides: Any) -> PPOConfig:
 
 
 # -- networks --------------------------------------------------------------------------------
+def orthogonal(key: Array, shape: tuple[int, int], gain: float) -> Array:
+    """``jax.nn.initializers.orthogonal(gain)`` without LAPACK: same normal draw, same Q.
+
+    Why not the library initializer: its QR is a LAPACK custom call that parallelises its
+    batch on XLA CPU's intra-op pool and blocks a pool thread until the pieces finish. Inside
+    the collection program (QRs of many layers and tasks at once) every pool thread could end
+    up blocked that way, waiting on work queued behind itself: a permanent deadlock, caught
+    in native stacks (``jax::ParallelBatchMap`` under ``lapack_sgeqrf_ffi`` on both threads
+    of a 2-core box). Classical Gram-Schmidt applied twice is orthogonal to float32 rounding
+    and gives the unique Q whose R has a positive diagonal, i.e. the initializer's Q."""
+    n_rows, n_cols = shape
+    transpose = n_rows < n_cols
+    a = jax.random.normal(key, (n_cols, n_rows) if transpose else shape, jnp.float32)
+    m = a.shape[1]
+
+    def column(j, q):  # q [n, m]: columns < j done, the rest zero
+        v = a[:, j]
+        for _ in range(2):  # "twice is enough" (Kahan / Parlett)
+            v = v - q @ (q.T @ v)
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    q = jax.lax.fori_loop(0, m, column, jnp.zeros_like(a))
+    return gain * (q.T if transpose else q)
+
+
 def _mlp_init(key: Array, sizes: list[int], out_gain: float) -> list[tuple[Array, Array]]:
     keys = jax.random.split(key, len(sizes) - 1)
     layers = []
     for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
         gain = out_gain if i == len(sizes) - 2 else np.sqrt(2.0)
-        w = jax.nn.initializers.orthogonal(gain)(k, (n_in, n_out), jnp.float32)
+        w = orthogonal(k, (n_in, n_out), gain)
         layers.append((w, jnp.zeros((n_out,), jnp.float32)))
     return layers
 

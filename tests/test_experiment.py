@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,3 +101,16 @@ def test_tiny_pipeline_runs_then_reuses_everything(tmp_path, capsys):
     log = capsys.readouterr().out
     assert "reusing the dataset" in log and "reusing the trained model" in log
     assert "reusing the meta-test results" in log
+
+
+def test_cli_exposes_one_cpu_device_per_core_unless_told():
+    code = ("import sys; from dicp_jax import cli; cli.use_cpu_devices(sys.argv[1:]); "
+            "import jax; print(len(jax.devices('cpu')))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    run = lambda *a: subprocess.run([sys.executable, "-c", code, *a], env=env, check=True,
+                                    capture_output=True, text=True).stdout.strip()
+    assert run("collect", "--cpu-devices", "3") == "3"
+    assert run("train") == str(len(os.sched_getaffinity(0)))
+    bad = subprocess.run([sys.executable, "-c", code, "eval", "--cpu-devices", "0"], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "positive integer" in bad.stderr

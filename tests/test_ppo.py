@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import dicp_envs
 from dicp_jax import collect, ppo
@@ -38,6 +39,20 @@ def test_init_matches_sb3_policy():
     assert all(np.all(np.asarray(b) == 0) for _, b in p["pi"] + p["vf"])
     logits = ppo.policy_logits(p, jnp.array([[4, 4], [0, 8]]))
     assert logits.shape == (2, 5) and float(jnp.abs(logits).max()) < 0.5
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (2, 64), (64, 5), (7, 3)])
+def test_orthogonal_matches_qr_of_the_same_draw(shape):
+    """The in-jit Gram-Schmidt initializer equals the library's QR recipe (numpy's QR here,
+    sign-fixed so R has a positive diagonal) on the same normal draw."""
+    key, gain = jax.random.PRNGKey(3), 1.7
+    got = np.asarray(jax.jit(ppo.orthogonal, static_argnums=(1, 2))(key, shape, gain))
+    n_rows, n_cols = shape
+    a = np.asarray(jax.random.normal(key, (n_cols, n_rows) if n_rows < n_cols else shape))
+    q, r = np.linalg.qr(a.astype(np.float64))
+    q = q * np.sign(np.diag(r))
+    want = gain * (q.T if n_rows < n_cols else q)
+    np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_paper_configs():

@@ -10,25 +10,11 @@ Defaults are the env's paper PPO settings (``paper_ppo_config``); ``--set`` over
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 
-def use_cpu_devices(n: int) -> None:
-    """Expose ``n`` XLA CPU devices (must run before jax is imported). Opt-in: on this
-    shared 2-core box, forced host devices stalled for minutes under CPU contention."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "jax" in sys.modules or "device_count" in flags:
-        return
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
-    if "--cpu-devices" in sys.argv:
-        i = sys.argv.index("--cpu-devices")
-        if i + 1 < len(sys.argv) and sys.argv[i + 1].isdigit():
-            use_cpu_devices(int(sys.argv[i + 1]))
     parser.add_argument("--env", required=True, help="environment name, e.g. darkroom")
     parser.add_argument("--split", choices=("train", "test", "all"), default="all")
     parser.add_argument("--tasks", type=int, default=None, help="only the first N split tasks")
@@ -42,8 +28,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--cpu-devices", type=int, default=None,
-                        help="split tasks over N XLA CPU devices (same histories as 1)")
 
 
 def run(args: argparse.Namespace) -> int:
