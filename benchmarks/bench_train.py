@@ -43,9 +43,10 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def train_flops_per_step(model_cfg, codec, batch: int) -> float:
-    """Analytic matmul FLOPs of one train step (forward + backward = 3 x forward)."""
-    w, m, t = model_cfg.width, model_cfg.mlp, 2 * model_cfg.n_transit
+def train_flops_per_step(model_cfg, codec, batch: int, seq: int) -> float:
+    """Analytic matmul FLOPs of one train step of ``seq``-transition sequences
+    (forward + backward = 3 x forward)."""
+    w, m, t = model_cfg.width, model_cfg.mlp, 2 * seq
     per_token_layer = 2 * (3 * w * w + w * w + 2 * w * m) + 2 * 2 * t * w  # dense + attention
     heads = 2 * w * (codec.n_actions + codec.reward_head_size + codec.obs_head_size + 1)
     forward = batch * t * (model_cfg.n_layers * per_token_layer + heads)
@@ -72,8 +73,9 @@ def bench_config(name: str, train_cfg, model_cfg, data, mesh, calls: int) -> dic
         jax.block_until_ready(metrics)
         best = min(best, time.perf_counter() - t0)
     steps_s = n / best
-    tokens_s = steps_s * train_cfg.batch_size * 2 * model_cfg.n_transit
-    flops = train_flops_per_step(model_cfg, codec, train_cfg.batch_size) * steps_s
+    seq = train_cfg.sequence_length(model_cfg)
+    tokens_s = steps_s * train_cfg.batch_size * 2 * seq
+    flops = train_flops_per_step(model_cfg, codec, train_cfg.batch_size, seq) * steps_s
     return {"config": name, "batch": train_cfg.batch_size, "n_transit": model_cfg.n_transit,
             "width": model_cfg.width, "layers": model_cfg.n_layers,
             "steps_per_call": n, "compile_plus_first_call_s": first_s,

@@ -15,6 +15,9 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from dicp_jax.model import token_pos
 from dicp_jax.planner import PlanConfig, action_token, beam_search, state_token
@@ -110,20 +113,25 @@ def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
 
 
 def make_evaluate(env: Any, wm_factory: Callable[[Any], WorldModel], codec: Any,
-                  cfg: EvalConfig, n_transit: int) -> Callable[[Any, Any, jax.Array], Rollout]:
+                  cfg: EvalConfig, n_transit: int,
+                  devices: list | None = None) -> Callable[[Any, Any, jax.Array], Rollout]:
     """``evaluate(model_params, tasks, keys) -> Rollout`` with a leading task axis.
 
     ``tasks`` is a batched ``EnvParams``; ``keys`` holds one PRNG key per task, so a task's
-    result does not depend on the batch it is evaluated in. One compile per config.
+    result does not depend on the batch it is evaluated in. The task axis is split over
+    ``devices`` (default: all) with ``shard_map``, each device running its own tasks with no
+    communication, so the task count must be a multiple of the device count
+    (``evaluate_run`` pads). One compile per config and task count.
     """
     cfg.validate()
+    mesh = Mesh(np.asarray(jax.devices() if devices is None else devices), ("tasks",))
 
-    @jax.jit
-    def evaluate(model_params: Any, tasks: Any, keys: jax.Array) -> Rollout:
+    def per_device(model_params: Any, tasks: Any, keys: jax.Array) -> Rollout:
         rollout = make_rollout(env, wm_factory(model_params), codec, cfg, n_transit)
         return jax.vmap(rollout)(tasks, keys)
 
-    return evaluate
+    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("tasks"), P("tasks")),
+                                 out_specs=P("tasks"), check_vma=False))
 
 
 def paper_depth(env: Any) -> int:
@@ -134,16 +142,16 @@ def paper_depth(env: Any) -> int:
 def evaluate_run(trained: Any, task_index: Any, cfg: EvalConfig, seed: int = 0,
                  cached_model: bool = True) -> Rollout:
     """Meta-test a trained model (``train.load_trained``) on tasks given by global index."""
-    import numpy as np
-
     import dicp_envs
     from dicp_jax.world_model import cached, uncached
 
     env, _ = dicp_envs.make(trained.env_name)
     task_index = np.asarray(task_index, np.int64)
-    tasks = env.params_for(np.asarray(env.task_list())[task_index])
     factory = ((lambda p: cached(trained.model, p)) if cached_model else
                (lambda p: uncached(trained.model, p, trained.codec.obs_dim)))
     evaluate = make_evaluate(env, factory, trained.codec, cfg, trained.model_cfg.n_transit)
-    out = evaluate(trained.params, tasks, task_keys(jax.random.PRNGKey(seed), task_index))
-    return jax.device_get(out)
+    n, n_dev = len(task_index), jax.device_count()
+    padded = np.concatenate([task_index, np.repeat(task_index[-1:], -n % n_dev)])
+    tasks = env.params_for(np.asarray(env.task_list())[padded])
+    out = evaluate(trained.params, tasks, task_keys(jax.random.PRNGKey(seed), padded))
+    return jax.tree.map(lambda a: a[:n], jax.device_get(out))

@@ -40,6 +40,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     dynamics_strength: float = 1.0  # lambda; 0 = plain Algorithm Distillation
+    # Transitions per training sequence (None: n_transit). Longer sequences are trained under
+    # the same sliding-window attention as cached inference, so keys of deeper layers carry
+    # information from before the window, as they do in the meta-test's ring-buffer cache.
+    seq_transit: int | None = None
     steps_per_call: int = 100  # train steps per jitted call (lax.scan)
     eval_every: int = 2500
     eval_windows: int = 512
@@ -55,6 +59,16 @@ class TrainConfig:
                 raise cfglib.ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.lr <= 0 or self.dynamics_strength < 0 or self.warmup_steps < 0:
             raise cfglib.ConfigError("lr must be > 0, dynamics_strength and warmup_steps >= 0")
+        if self.seq_transit is not None and self.seq_transit < 1:
+            raise cfglib.ConfigError(f"seq_transit must be >= 1 or null, got {self.seq_transit}")
+
+    def sequence_length(self, model_cfg: ModelConfig) -> int:
+        """Transitions per training sequence; never shorter than the attention window."""
+        n = self.seq_transit or model_cfg.n_transit
+        if n < model_cfg.n_transit:
+            raise cfglib.ConfigError(f"seq_transit={n} is shorter than the model's window "
+                                     f"n_transit={model_cfg.n_transit}")
+        return n
 
 
 PRESETS = {
@@ -125,7 +139,7 @@ def make_train_call(model_cfg: ModelConfig, codec, cfg: TrainConfig, mesh: Mesh,
     Cached, so runs with the same configs in one process share the compiled step."""
     model, tx = DICPTransformer(model_cfg, codec), make_optimizer(cfg)
     n_tasks, n_streams, n_steps_data = shape
-    n = model.cfg.n_transit
+    n = cfg.sequence_length(model_cfg)
 
     def one_step(data, state, _):
         key = jax.random.fold_in(state["rng"], state["step"])
@@ -201,6 +215,7 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     model_cfg = model_cfg or default_model_config(env_name)
     train_cfg.validate()
     model_cfg.validate()
+    train_cfg.sequence_length(model_cfg)
     run_dir = Path(run_dir)
     if (run_dir / "config.json").exists():
         saved = ckpt.read_config(run_dir)
@@ -214,9 +229,10 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     else:
         train_h, test_h = histories[:2]
         split = histories[2] if len(histories) > 2 else {"seed": train_cfg.split_seed}
-    if train_h.action.shape[-1] < model_cfg.n_transit:
-        raise ValueError(f"streams of {train_h.action.shape[-1]} steps are shorter than "
-                         f"n_transit={model_cfg.n_transit}")
+    seq = train_cfg.sequence_length(model_cfg)
+    if train_h.action.shape[-1] < seq:
+        raise ValueError(f"streams of {train_h.action.shape[-1]} steps are shorter than a "
+                         f"training sequence ({seq} transitions)")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt.write_config(run_dir, ckpt.run_config(env_name, model_cfg, train_cfg, data_dir, split))
 

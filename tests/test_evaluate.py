@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import jax
 import numpy as np
 
@@ -16,20 +22,26 @@ from dicp_jax.world_model import cached
 MCFG = ModelConfig(n_transit=8, width=16, n_layers=2, n_heads=2, mlp=32)
 
 
-def _setup(planner: str, episodes: int = 3):
-    env, _ = dicp_envs.make("darkroom")
+def _parts(env, planner: str, episodes: int, traces: list | None = None):
+    """(env, world-model factory, codec, EvalConfig, n_transit) of the tiny test model."""
     codec = codec_for(env)
     model = DICPTransformer(MCFG, codec)
-    params = init_params(model, jax.random.PRNGKey(0))
     cfg = EvalConfig(episodes=episodes, planner=planner, plan_start=4, trajectories=True,
                      plan=PlanConfig(beam_size=3, depth=2, greedy=False))
-    traces = []
 
     def factory(p):
-        traces.append(1)  # runs once per trace, i.e. once per compile
+        if traces is not None:
+            traces.append(1)  # runs once per trace, i.e. once per compile
         return cached(model, p)
 
-    return env, params, make_evaluate(env, factory, codec, cfg, MCFG.n_transit), traces
+    return env, factory, codec, cfg, MCFG.n_transit
+
+
+def _setup(planner: str, episodes: int = 3):
+    env, _ = dicp_envs.make("darkroom")
+    params = init_params(DICPTransformer(MCFG, codec_for(env)), jax.random.PRNGKey(0))
+    traces = []
+    return env, params, make_evaluate(*_parts(env, planner, episodes, traces)), traces
 
 
 def test_batch_equals_each_task_alone_and_compiles_once():
@@ -62,3 +74,28 @@ def test_returns_match_rewards_and_envs_semantics():
     within = np.ones_like(step, bool)
     within[:, env.horizon - 1 :: env.horizon] = False  # resets jump back to the centre
     assert step[within].max() <= 1
+
+
+def test_tasks_sharded_over_four_devices_give_the_same_rollouts():
+    code = textwrap.dedent("""
+        import jax, numpy as np
+        import test_evaluate as te
+        from dicp_jax.evaluate import make_evaluate
+        from dicp_jax.rng import task_keys
+        assert len(jax.devices()) == 4
+        env, params, evaluate, _ = te._setup("beam", episodes=2)
+        one = make_evaluate(*te._parts(env, "beam", 2), devices=jax.devices()[:1])
+        idx = np.arange(0, 80, 10)  # 8 goals: 2 per device
+        tasks = env.params_for(np.asarray(env.task_list())[idx])
+        keys = task_keys(jax.random.PRNGKey(5), idx)
+        a, b = evaluate(params, tasks, keys), one(params, tasks, keys)
+        assert len(a.action.sharding.device_set) == 4
+        np.testing.assert_array_equal(np.asarray(a.action), np.asarray(b.action))
+        np.testing.assert_array_equal(np.asarray(a.returns), np.asarray(b.returns))
+        print("OK")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.getcwd()]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]

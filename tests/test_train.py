@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -63,10 +64,11 @@ def test_window_tokens_handle_episode_boundaries(hist):
 
 def test_overfit_one_task(tmp_path, all_hist):
     """One task's history: next obs and reward become near-perfect within a few hundred
-    steps (validation on the same task)."""
+    steps (validation on the same task), training on sequences twice the attention window
+    (the sliding-window mask of cached inference)."""
     h = jax.tree.map(lambda a: a[4:], all_hist)
-    cfg = TrainConfig(steps=300, batch_size=16, lr=1e-2, warmup_steps=30, steps_per_call=100,
-                      eval_every=300, eval_windows=32, ckpt_every=300)
+    cfg = TrainConfig(steps=300, batch_size=8, lr=1e-2, warmup_steps=30, steps_per_call=100,
+                      eval_every=300, eval_windows=32, ckpt_every=300, seq_transit=40)
     model = ModelConfig(n_transit=20, width=32, n_layers=2, n_heads=2, mlp=64, dropout=0.0,
                         attn_dropout=0.0)
     val = train("darkroom", "synthetic", tmp_path / "run", cfg, model, histories=(h, h),
@@ -74,6 +76,9 @@ def test_overfit_one_task(tmp_path, all_hist):
     assert val["obs_acc"] > 0.97, val
     assert val["reward_acc"] > 0.97, val
     assert (tmp_path / "run" / "metrics.png").exists()
+    with pytest.raises(ConfigError, match="shorter than the model's window"):
+        train("darkroom", "synthetic", tmp_path / "run2", replace(cfg, seq_transit=10), model,
+              histories=(h, h), progress=False)
 
 
 def test_resume_is_bit_for_bit_and_config_checked(tmp_path, hist):
