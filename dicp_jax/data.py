@@ -88,11 +88,17 @@ def window(data: TrainData, task, stream, offset, n: int) -> tuple[Tokens, Targe
     return tokens, targets
 
 
-def sample_indices(key, batch: int, n_tasks: int, n_streams: int, n_steps: int, n: int):
+def sample_indices(key, batch: int, n_tasks: int, n_streams: int, n_steps: int, n: int,
+                   start_prob: float = 0.0):
+    """Uniform (task, stream, offset) of ``batch`` windows of n steps; a ``start_prob``
+    fraction of them (in expectation) starts at the stream's first step."""
     kt, ks, ko = jax.random.split(key, 3)
+    offset = jax.random.randint(ko, (batch,), 0, n_steps - n + 1)
+    if start_prob > 0.0:
+        at_start = jax.random.bernoulli(jax.random.fold_in(ko, 1), start_prob, (batch,))
+        offset = jnp.where(at_start, 0, offset)
     return (jax.random.randint(kt, (batch,), 0, n_tasks),
-            jax.random.randint(ks, (batch,), 0, n_streams),
-            jax.random.randint(ko, (batch,), 0, n_steps - n + 1))
+            jax.random.randint(ks, (batch,), 0, n_streams), offset)
 
 
 def gather_windows(data: TrainData, mesh: Mesh, task, stream, offset,

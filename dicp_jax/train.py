@@ -44,6 +44,12 @@ class TrainConfig:
     # the same sliding-window attention as cached inference, so keys of deeper layers carry
     # information from before the window, as they do in the meta-test's ring-buffer cache.
     seq_transit: int | None = None
+    # Train each target only on a context it can have at meta-test: a position whose window
+    # is cut off by the sequence start is masked unless the sequence starts its stream
+    # (a cut window looks like "no history yet", which mid-stream behaviour is not). Use with
+    # seq_transit > n_transit, or most positions are masked.
+    true_context: bool = False
+    stream_start_prob: float = 0.0  # fraction of sequences that start at a stream's step 0
     steps_per_call: int = 100  # train steps per jitted call (lax.scan)
     eval_every: int = 2500
     eval_windows: int = 512
@@ -59,6 +65,9 @@ class TrainConfig:
                 raise cfglib.ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.lr <= 0 or self.dynamics_strength < 0 or self.warmup_steps < 0:
             raise cfglib.ConfigError("lr must be > 0, dynamics_strength and warmup_steps >= 0")
+        if not 0.0 <= self.stream_start_prob <= 1.0:
+            raise cfglib.ConfigError(f"stream_start_prob must be in [0, 1], got "
+                                     f"{self.stream_start_prob}")
         if self.seq_transit is not None and self.seq_transit < 1:
             raise cfglib.ConfigError(f"seq_transit must be >= 1 or null, got {self.seq_transit}")
 
@@ -113,19 +122,30 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                        optax.adamw(sched, cfg.b1, cfg.b2, weight_decay=cfg.weight_decay))
 
 
-def losses(model, params, tokens, targets, key, lam: float, deterministic: bool = False):
-    """Per-batch loss = imitation + lam * (reward + next obs + return-to-go)."""
+def context_mask(offset: jax.Array, seq: int, n_transit: int) -> jax.Array:
+    """float [B, seq]: 1 where a position sees the context it would have at meta-test, i.e.
+    its sequence starts the stream or at least n_transit - 1 earlier steps are inside it."""
+    full = jnp.arange(seq) >= n_transit - 1
+    return ((offset[:, None] == 0) | full[None]).astype(jnp.float32)
+
+
+def losses(model, params, tokens, targets, key, lam: float, deterministic: bool = False,
+           weight: jax.Array | None = None):
+    """Per-batch loss = imitation + lam * (reward + next obs + return-to-go), averaged over
+    the positions with ``weight`` [B, n] (default: all)."""
     codec = model.codec
+    w = jnp.ones(targets.action.shape, jnp.float32) if weight is None else weight
+    mean = lambda x: (x * w).sum() / jnp.maximum(w.sum(), 1.0)
     keys = jax.random.split(key, targets.action.shape[0])
     apply = lambda t, k: model.apply({"params": params}, t, deterministic=deterministic,
                                      rngs={"dropout": k})[0]
     heads = jax.vmap(apply)(tokens, keys)
     s, a = slice(0, None, 2), slice(1, None, 2)  # state tokens, action tokens
-    act = optax.softmax_cross_entropy_with_integer_labels(
-        heads.action_logits[:, s].astype(jnp.float32), targets.action).mean()
-    rew = codec.reward_loss(heads.reward_logits[:, a], targets.reward).mean()
-    obs = codec.obs_loss(heads.obs_logits[:, a], targets.next_obs).mean()
-    rtg = jnp.square((heads.rtg[:, a] - targets.rtg) / codec.rtg_scale).mean()
+    act = mean(optax.softmax_cross_entropy_with_integer_labels(
+        heads.action_logits[:, s].astype(jnp.float32), targets.action))
+    rew = mean(codec.reward_loss(heads.reward_logits[:, a], targets.reward))
+    obs = mean(codec.obs_loss(heads.obs_logits[:, a], targets.next_obs))
+    rtg = mean(jnp.square((heads.rtg[:, a] - targets.rtg) / codec.rtg_scale))
     total = act + lam * (rew + obs + rtg)
     return total, {"loss": total, "action_loss": act, "reward_loss": rew, "obs_loss": obs,
                    "rtg_loss": rtg}
@@ -144,11 +164,13 @@ def make_train_call(model_cfg: ModelConfig, codec, cfg: TrainConfig, mesh: Mesh,
     def one_step(data, state, _):
         key = jax.random.fold_in(state["rng"], state["step"])
         k_idx, k_drop = jax.random.split(key)
-        idx = sample_indices(k_idx, cfg.batch_size, n_tasks, n_streams, n_steps_data, n)
+        idx = sample_indices(k_idx, cfg.batch_size, n_tasks, n_streams, n_steps_data, n,
+                             cfg.stream_start_prob)
         tokens, targets = gather_windows(data, mesh, *idx, n)
+        weight = context_mask(idx[2], n, model_cfg.n_transit) if cfg.true_context else None
         grad_fn = jax.value_and_grad(losses, argnums=1, has_aux=True)
         (_, metrics), grads = grad_fn(model, state["params"], tokens, targets, k_drop,
-                                      cfg.dynamics_strength)
+                                      cfg.dynamics_strength, False, weight)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return dict(state, params=params, opt_state=opt_state, step=state["step"] + 1), metrics
@@ -300,5 +322,6 @@ def load_trained(run_dir, step: int | None = None) -> TrainedModel:
     return TrainedModel(model, state["params"], model_cfg, train_cfg, saved["env_name"], codec)
 
 
-__all__ = ["PRESETS", "PRESET_MODEL", "TrainConfig", "TrainedModel", "default_model_config",
-           "load_trained", "losses", "make_optimizer", "preset_configs", "train"]
+__all__ = ["PRESETS", "PRESET_MODEL", "TrainConfig", "TrainedModel", "context_mask",
+           "default_model_config", "load_trained", "losses", "make_optimizer", "preset_configs",
+           "train"]

@@ -123,6 +123,31 @@ def test_ad_baseline_is_same_path(hist):
     assert float(jnp.abs(g["action_head"]["kernel"]).max()) > 0.0
 
 
+def test_true_context_masks_only_windows_cut_by_the_sequence_start(hist):
+    """A position is trained iff its sequence starts the stream or it sees n_transit - 1
+    earlier steps; masked targets do not move the loss; stream starts are sampled."""
+    from dicp_jax.codec import codec_for_name
+    from dicp_jax.data import sample_indices
+    from dicp_jax.model import DICPTransformer, init_params
+    from dicp_jax.train import context_mask, losses
+
+    m = np.asarray(context_mask(jnp.array([0, 7]), seq=6, n_transit=3))
+    np.testing.assert_array_equal(m, [[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    data = jax.tree.map(jnp.asarray, prepare(hist[0]))
+    offset = jnp.array([0, 30, 51])
+    tok, tg = jax.vmap(lambda o: window(data, 0, 1, o, 24))(offset)  # n_transit 12: 2 windows
+    model = DICPTransformer(TINY, codec_for_name("darkroom"))
+    params = init_params(model, jax.random.PRNGKey(0))
+    w = context_mask(offset, 24, TINY.n_transit)
+    f = jax.jit(lambda t: losses(model, params, tok, t, jax.random.PRNGKey(1), 1.0, True, w)[0])
+    moved = tg._replace(action=tg.action.at[1, :11].set((tg.action[1, :11] + 1) % 5))
+    assert float(f(moved)) == float(f(tg))  # masked positions: no effect
+    moved = tg._replace(action=tg.action.at[1, 11].set((tg.action[1, 11] + 1) % 5))
+    assert float(f(moved)) != float(f(tg))  # first full window: counted
+    starts = sample_indices(jax.random.PRNGKey(2), 4000, 3, 2, 100, 24, start_prob=0.25)[2]
+    assert 0.22 < float((starts == 0).mean()) < 0.28
+
+
 def test_cli_rejects_bad_keys_and_values():
     with pytest.raises(ConfigError, match="valid train keys"):
         build_configs("darkroom", "cpu", ["nope=1"])
