@@ -50,6 +50,10 @@ class TrainConfig:
     # seq_transit > n_transit, or most positions are masked.
     true_context: bool = False
     stream_start_prob: float = 0.0  # fraction of sequences that start at a stream's step 0
+    # Drop train tasks whose source learner ended below this fraction of the optimal return
+    # (mean of its last 5 episodes). A learner that collapsed onto a wrong cell teaches
+    # "no reward yet: repeat the same path", the opposite of exploring.
+    min_source_return: float = 0.0
     steps_per_call: int = 100  # train steps per jitted call (lax.scan)
     eval_every: int = 2500
     eval_windows: int = 512
@@ -65,6 +69,9 @@ class TrainConfig:
                 raise cfglib.ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.lr <= 0 or self.dynamics_strength < 0 or self.warmup_steps < 0:
             raise cfglib.ConfigError("lr must be > 0, dynamics_strength and warmup_steps >= 0")
+        if not 0.0 <= self.min_source_return <= 1.0:
+            raise cfglib.ConfigError(f"min_source_return is a fraction of the optimal return "
+                                     f"in [0, 1], got {self.min_source_return}")
         if not 0.0 <= self.stream_start_prob <= 1.0:
             raise cfglib.ConfigError(f"stream_start_prob must be in [0, 1], got "
                                      f"{self.stream_start_prob}")
@@ -206,19 +213,34 @@ def _state_fn(model_cfg: ModelConfig, codec, cfg: TrainConfig):
     return make
 
 
-def load_split(env_name: str, data_dir, split_seed: int | None):
-    """(train History, test History, split dict) of the tasks present in the dataset."""
+def source_quality(env_name: str, meta) -> dict[int, float]:
+    """Task index -> the source learner's last-5-episode return as a fraction of optimal."""
+    import dicp_envs
+
+    env, _ = dicp_envs.make(env_name)
+    idx = np.asarray(meta.task_index)
+    opt = np.asarray(env.optimal_return(env.params_for(np.asarray(env.task_list())[idx])))
+    frac = np.asarray(meta.episode_returns)[:, -5:].mean(1) / np.maximum(opt, 1e-9)
+    return dict(zip(idx.tolist(), frac.tolist(), strict=True))
+
+
+def load_split(env_name: str, data_dir, split_seed: int | None, min_source_return: float = 0.0):
+    """(train History, test History, split dict) of the tasks present in the dataset; train
+    tasks whose source learner ended below ``min_source_return`` are left out (listed)."""
     import dicp_envs
     from dicp_jax.history import load_history
 
     _, meta = load_history(data_dir, env_name=env_name, task_index=None, steps=1,
                            verify=False)
-    present = set(np.asarray(meta.task_index).tolist())
+    quality = source_quality(env_name, meta)
     split = {"seed": split_seed}
     for name in ("train", "test"):
         idx = [int(i) for i in dicp_envs.split_indices(env_name, name, seed=split_seed)
-               if int(i) in present]
+               if int(i) in quality]
         split[name] = sorted(idx)
+    if min_source_return > 0:
+        split["dropped_train"] = [i for i in split["train"] if quality[i] < min_source_return]
+        split["train"] = [i for i in split["train"] if quality[i] >= min_source_return]
     if not split["train"] or not split["test"]:
         raise ValueError(f"dataset {data_dir} lacks train or test tasks of {env_name}: {split}")
     train_h, _ = load_history(data_dir, env_name=env_name, task_index=split["train"])
@@ -247,7 +269,12 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
         ckpt.check_compatible(saved, env_name, model_cfg, train_cfg, run_dir)
     codec = codec_for_name(env_name)
     if histories is None:
-        train_h, test_h, split = load_split(env_name, data_dir, train_cfg.split_seed)
+        train_h, test_h, split = load_split(env_name, data_dir, train_cfg.split_seed,
+                                            train_cfg.min_source_return)
+        if split.get("dropped_train") and progress:
+            print(f"left out {len(split['dropped_train'])} train tasks whose source learner "
+                  f"ended below {train_cfg.min_source_return:.0%} of optimal: "
+                  f"{split['dropped_train']}")
     else:
         train_h, test_h = histories[:2]
         split = histories[2] if len(histories) > 2 else {"seed": train_cfg.split_seed}

@@ -114,3 +114,22 @@ def test_cli_exposes_one_cpu_device_per_core_unless_told():
     bad = subprocess.run([sys.executable, "-c", code, "eval", "--cpu-devices", "0"], env=env,
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "positive integer" in bad.stderr
+
+
+def test_train_tasks_of_failed_source_learners_are_left_out(tmp_path):
+    from dicp_jax.history import load_history
+    from dicp_jax.train import load_split, source_quality
+
+    _synthetic_dataset(tmp_path / "d", {})
+    _, meta = load_history(tmp_path / "d", env_name="darkroom", steps=1)
+    quality = source_quality("darkroom", meta)
+    assert len(quality) == 81 and all(0.0 <= q <= 1.0 for q in quality.values())
+    cut = float(np.median(list(quality.values())))
+    _, _, full = load_split("darkroom", tmp_path / "d", None)
+    train_h, test_h, split = load_split("darkroom", tmp_path / "d", None, cut)
+    assert split["dropped_train"] and split["train"]
+    assert all(quality[i] < cut for i in split["dropped_train"])
+    assert all(quality[i] >= cut for i in split["train"])
+    assert sorted(split["train"] + split["dropped_train"]) == full["train"]
+    assert split["test"] == full["test"]  # held-out tasks are never filtered
+    assert train_h.action.shape[0] == len(split["train"])
