@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dicp_jax.model import token_pos
@@ -149,9 +149,13 @@ def evaluate_run(trained: Any, task_index: Any, cfg: EvalConfig, seed: int = 0,
     task_index = np.asarray(task_index, np.int64)
     factory = ((lambda p: cached(trained.model, p)) if cached_model else
                (lambda p: uncached(trained.model, p, trained.codec.obs_dim)))
-    evaluate = make_evaluate(env, factory, trained.codec, cfg, trained.model_cfg.n_transit)
-    n, n_dev = len(task_index), jax.device_count()
-    padded = np.concatenate([task_index, np.repeat(task_index[-1:], -n % n_dev)])
+    devices = jax.devices()
+    evaluate = make_evaluate(env, factory, trained.codec, cfg, trained.model_cfg.n_transit,
+                             devices)
+    # restored params sit on one device: replicate them over the task mesh
+    params = jax.device_put(trained.params, NamedSharding(Mesh(np.asarray(devices), ("t",)), P()))
+    n = len(task_index)
+    padded = np.concatenate([task_index, np.repeat(task_index[-1:], -n % len(devices))])
     tasks = env.params_for(np.asarray(env.task_list())[padded])
-    out = evaluate(trained.params, tasks, task_keys(jax.random.PRNGKey(seed), padded))
+    out = evaluate(params, tasks, task_keys(jax.random.PRNGKey(seed), padded))
     return jax.tree.map(lambda a: a[:n], jax.device_get(out))

@@ -92,6 +92,16 @@ def test_tasks_sharded_over_four_devices_give_the_same_rollouts():
         assert len(a.action.sharding.device_set) == 4
         np.testing.assert_array_equal(np.asarray(a.action), np.asarray(b.action))
         np.testing.assert_array_equal(np.asarray(a.returns), np.asarray(b.returns))
+        # evaluate_run: params restored onto one device, 7 tasks padded to 8
+        from dicp_jax.evaluate import evaluate_run
+        from dicp_jax.model import DICPTransformer
+        from dicp_jax.train import TrainedModel
+        _, _, codec, cfg, _ = te._parts(env, "beam", 2)
+        trained = TrainedModel(DICPTransformer(te.MCFG, codec),
+                               jax.device_put(params, jax.devices()[0]), te.MCFG, None,
+                               "darkroom", codec)
+        c = evaluate_run(trained, idx[:7], cfg, seed=5)
+        np.testing.assert_array_equal(c.action, np.asarray(b.action)[:7])
         print("OK")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
