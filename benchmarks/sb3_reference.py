@@ -146,7 +146,8 @@ def run_one(job: tuple[tuple[int, int], int]) -> dict:
             if dones.any():
                 assert dones.all()  # copies run in lockstep
                 self.last_raw = rewards.copy()
-                self.last_terminal = np.stack([infos[i]["terminal_observation"] for i in range(N_ENVS)])
+                self.last_terminal = np.stack(
+                    [infos[i]["terminal_observation"] for i in range(N_ENVS)])
             return True
 
         def _on_rollout_end(self) -> None:
@@ -178,12 +179,12 @@ def run_one(job: tuple[tuple[int, int], int]) -> dict:
         "optimal_return": opt,
         "mean_return": mean_curve.tolist(),
         "fraction_of_optimal": (mean_curve / opt).tolist(),
-        "returns_per_copy": rec.returns.astype(int).tolist(),
         "truncations_seen": rec.truncations_seen,
         "max_bootstrap_check_error": rec.max_bootstrap_err,
         "num_timesteps": int(model.num_timesteps),
         "wall_s": time.time() - t0,
-        "versions": {"stable_baselines3": stable_baselines3.__version__, "torch": torch.__version__},
+        "versions": {"stable_baselines3": stable_baselines3.__version__,
+                     "torch": torch.__version__},
     }
 
 
@@ -203,7 +204,8 @@ def format_row(r: dict) -> str:
     first = "-" if s["first_ep_ge_90"] is None else str(s["first_ep_ge_90"])
     at = " ".join(f"{s['at'][e]:5.2f}" for e in (10, 20, 30, 40, 50))
     g = f"({r['goal'][0]},{r['goal'][1]})"
-    return f"{g:7s} {r['seed']:4d} {first:>6s}  {at}  {s['last5']:5.2f} {s['min_20_50']:6.2f} {r['wall_s']:6.0f}"
+    return (f"{g:7s} {r['seed']:4d} {first:>6s}  {at}  {s['last5']:5.2f} "
+            f"{s['min_20_50']:6.2f} {r['wall_s']:6.0f}")
 
 
 HEADER = "goal    seed  1st90  ep10  ep20  ep30  ep40  ep50  last5 min20+  wall_s"
