@@ -22,7 +22,7 @@ rule; at inference keys/values live in ring-buffer caches (``KVCache``, RoPE alr
 of >= 2 * n_transit slots, and decoding token by token reproduces exactly the windowed
 forward pass over the same steps. (As with any sliding-window attention, cached keys of
 deeper layers carry information from up to n_layers * (n_transit - 1) steps back; training
-on sequences longer than n_transit, ``TrainConfig.seq_transit``, shows the model such keys.)
+on sequences of several windows, ``TrainConfig.seq_windows``, shows the model such keys.)
 Several caches can be attended jointly (one softmax), e.g. a shared real-context cache plus a
 small per-beam cache of a planner.
 

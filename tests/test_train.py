@@ -68,7 +68,7 @@ def test_overfit_one_task(tmp_path, all_hist):
     (the sliding-window mask of cached inference)."""
     h = jax.tree.map(lambda a: a[4:], all_hist)
     cfg = TrainConfig(steps=300, batch_size=8, lr=1e-2, warmup_steps=30, steps_per_call=100,
-                      eval_every=300, eval_windows=32, ckpt_every=300, seq_transit=40)
+                      eval_every=300, eval_windows=32, ckpt_every=300, seq_windows=2)
     model = ModelConfig(n_transit=20, width=32, n_layers=2, n_heads=2, mlp=64, dropout=0.0,
                         attn_dropout=0.0)
     val = train("darkroom", "synthetic", tmp_path / "run", cfg, model, histories=(h, h),
@@ -76,8 +76,8 @@ def test_overfit_one_task(tmp_path, all_hist):
     assert val["obs_acc"] > 0.97, val
     assert val["reward_acc"] > 0.97, val
     assert (tmp_path / "run" / "metrics.png").exists()
-    with pytest.raises(ConfigError, match="shorter than the model's window"):
-        train("darkroom", "synthetic", tmp_path / "run2", replace(cfg, seq_transit=10), model,
+    with pytest.raises(ConfigError, match="seq_windows must be >= 1"):
+        train("darkroom", "synthetic", tmp_path / "run2", replace(cfg, seq_windows=0), model,
               histories=(h, h), progress=False)
 
 
