@@ -153,7 +153,8 @@ def evaluate_run(trained: Any, task_index: Any, cfg: EvalConfig, seed: int = 0,
     evaluate = make_evaluate(env, factory, trained.codec, cfg, trained.model_cfg.n_transit,
                              devices)
     # restored params sit on one device: replicate them over the task mesh
-    params = jax.device_put(trained.params, NamedSharding(Mesh(np.asarray(devices), ("t",)), P()))
+    mesh = Mesh(np.asarray(devices), ("tasks",))
+    params = jax.device_put(trained.params, NamedSharding(mesh, P()))
     n = len(task_index)
     padded = np.concatenate([task_index, np.repeat(task_index[-1:], -n % len(devices))])
     tasks = env.params_for(np.asarray(env.task_list())[padded])
