@@ -60,11 +60,19 @@ def write_config(run_dir: str | Path, cfg: dict) -> None:
     tmp.replace(path)
 
 
+# Fields added after runs were written, with the value that rebuilds such a run's model.
+LEGACY_DEFAULTS = {"model": {"factored_obs": False}}
+
+
 def read_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a training run (no config.json)")
-    return json.loads(path.read_text())
+    saved = json.loads(path.read_text())
+    for section, defaults in LEGACY_DEFAULTS.items():
+        for key, value in defaults.items():
+            saved.get(section, {}).setdefault(key, value)
+    return saved
 
 
 def check_compatible(saved: dict, env_name: str, model_cfg, train_cfg, run_dir) -> None:
@@ -108,9 +116,11 @@ def plot_metrics(run_dir: str | Path) -> Path | None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     steps = [r["step"] for r in records]
-    keys = ("action_acc", "reward_acc", "reward_recall", "reward_recall_seen", "obs_acc")
+    keys = ("action_acc", "reward_acc", "reward_recall", "reward_recall_seen",
+            "reward_recall_arrival", "obs_acc")
+    value = lambda r, k: np.nan if r["val"].get(k) is None else r["val"][k]
     for k in keys:
-        axes[0].plot(steps, [r["val"][k] for r in records], label=k)
+        axes[0].plot(steps, [value(r, k) for r in records], label=k)
     axes[0].set(title="validation (test tasks)", xlabel="step", ylim=(0, 1.02))
     axes[0].legend(fontsize=8)
     train = [r for r in read_metrics(run_dir) if "loss" in r]

@@ -64,6 +64,14 @@ class GridCodec:
     def obs_input(self, obs: jax.Array) -> jax.Array:
         return self.obs_to_class(obs)
 
+    @property
+    def n_coord_values(self) -> int:
+        return self.grid_size
+
+    def coord_input(self, obs: jax.Array) -> jax.Array:
+        """[..., 2] -> int32 [..., 2]: each coordinate as an index (factored embedding)."""
+        return jnp.clip(jnp.asarray(obs).astype(jnp.int32), 0, self.grid_size - 1)
+
     def reward_input(self, reward: jax.Array) -> jax.Array:
         return self.reward_to_class(reward)
 

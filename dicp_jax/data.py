@@ -183,7 +183,8 @@ class Validator:
 
     Reported: action / reward / next-obs accuracy, reward recall on rewarding transitions
     (also restricted to those whose rewarding cell was already rewarded earlier in the
-    window), each accuracy also by position in the context."""
+    window, and to those of them that follow an unrewarded step), each accuracy also by
+    position in the context."""
 
     def __init__(self, model, test_data: TrainData, n_windows: int, seed: int = 0,
                  chunk: int = 128, mesh: Mesh | None = None):
@@ -215,8 +216,12 @@ class Validator:
             "reward_acc": float(s["reward_ok"].sum() / (w * len(s["reward_ok"]))),
             "reward_recall": ratio(s["rewarding_ok"], s["rewarding"]),
             "reward_recall_seen": ratio(s["seen_ok"], s["seen"]),
+            # arriving at a goal rewarded earlier in the window, after an unrewarded step:
+            # the in-context lookup the planner needs, without the reward-follows-reward cue
+            "reward_recall_arrival": ratio(s["arrival_ok"], s["arrival"]),
             "obs_acc": float(s["obs_ok"].sum() / (w * len(s["obs_ok"]))),
             "n_rewarding": int(s["rewarding"].sum()), "n_rewarding_seen": int(s["seen"].sum()),
+            "n_arrival": int(s["arrival"].sum()),
             "by_position": {"action_acc": (s["action_ok"] / w).tolist(),
                             "reward_acc": (s["reward_ok"] / w).tolist(),
                             "obs_acc": (s["obs_ok"] / w).tolist(),
@@ -240,10 +245,12 @@ def _stats_impl(model, params, tokens, targets, seen):
     rew_ok = codec.reward_correct(heads.reward_logits[:, 1::2], targets.reward)
     obs_ok = codec.obs_correct(heads.obs_logits[:, 1::2], targets.next_obs)
     pos = targets.reward > 0
+    arrival = pos & seen & (tokens.prev_reward[:, 0::2] <= 0)  # not "reward follows reward"
     f = lambda x: x.astype(jnp.float32).sum(0)  # -> by position [n]
     return {"action_ok": f(act_ok), "reward_ok": f(rew_ok), "obs_ok": f(obs_ok),
             "rewarding": f(pos), "rewarding_ok": f(pos & rew_ok),
-            "seen": f(pos & seen), "seen_ok": f(pos & seen & rew_ok)}
+            "seen": f(pos & seen), "seen_ok": f(pos & seen & rew_ok),
+            "arrival": f(arrival), "arrival_ok": f(arrival & rew_ok)}
 
 
 __all__ = ["Targets", "TrainData", "Validator", "gather_windows", "goal_seen", "prepare",

@@ -83,6 +83,11 @@ class ModelConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.1
     rope_base: float = 10000.0
+    # Grid observations: embed each coordinate and sum (True) instead of one vector per cell.
+    # Held-out goals are cells never rewarded in training; with per-cell vectors the reward
+    # lookup did not transfer to them (it put the reward of goal (4, 2) on (6, 4)), while
+    # every coordinate value does occur among the training goals.
+    factored_obs: bool = True
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
 
     def validate(self) -> None:
@@ -178,13 +183,23 @@ class DICPTransformer(nn.Module):
     cfg: ModelConfig
     codec: object
 
+    def embed_obs(self, obs: Array) -> Array:
+        """obs [..., obs_dim] -> [..., width]: a vector per cell, or (``factored_obs``) the
+        sum of one vector per coordinate value."""
+        cfg, codec = self.cfg, self.codec
+        if not codec.discrete_obs:
+            return nn.Dense(cfg.width, name="obs_embed")(codec.obs_input(obs))
+        if not cfg.factored_obs:
+            return nn.Embed(codec.n_obs_classes, cfg.width, name="obs_embed")(
+                codec.obs_input(obs))
+        offsets = jnp.arange(codec.obs_dim, dtype=jnp.int32) * codec.n_coord_values
+        table = nn.Embed(codec.obs_dim * codec.n_coord_values, cfg.width, name="obs_embed")
+        return table(codec.coord_input(obs) + offsets).sum(-2)
+
     def embed(self, tokens: Tokens) -> Array:
         cfg, codec, dt = self.cfg, self.codec, jnp.dtype(self.cfg.dtype)
         w = cfg.width
-        if codec.discrete_obs:
-            e_obs = nn.Embed(codec.n_obs_classes, w, name="obs_embed")(codec.obs_input(tokens.obs))
-        else:
-            e_obs = nn.Dense(w, name="obs_embed")(codec.obs_input(tokens.obs))
+        e_obs = self.embed_obs(tokens.obs)
         if codec.discrete_reward:
             e_rew = nn.Embed(codec.n_reward_classes, w, name="reward_embed")(
                 codec.reward_input(tokens.prev_reward))

@@ -60,6 +60,27 @@ def test_codec_roundtrip():
     assert codec.class_to_reward(1) == 1.0
 
 
+def test_factored_obs_embedding_is_a_sum_over_coordinates(setup):
+    """One vector per coordinate value (held-out goal cells share them with training goals);
+    ``factored_obs=False`` keeps one vector per cell."""
+    model, params = setup
+    table = params["obs_embed"]["embedding"]
+    assert table.shape == (2 * CODEC.grid_size, CFG.width)
+    # cells sharing a coordinate share its vector: moving one row of the table moves both
+    tok = interleave(jnp.array([[3, 1], [3, 4]]), jnp.zeros(2), jnp.zeros(2, bool),
+                     jnp.zeros(2, jnp.int32), jnp.arange(2))
+    bumped = {**params, "obs_embed": {"embedding": table.at[3].add(1.0)}}
+    a, _ = model.apply({"params": params}, tok)
+    b, _ = model.apply({"params": bumped}, tok)
+    assert not np.allclose(a.action_logits[0], b.action_logits[0])  # (3, 1) moved
+    bumped = {**params, "obs_embed": {"embedding": table.at[CODEC.grid_size + 4].add(1.0)}}
+    c, _ = model.apply({"params": bumped}, tok)
+    np.testing.assert_array_equal(c.action_logits[0], a.action_logits[0])  # y=4: not (3, 1)
+    per_cell = DICPTransformer(ModelConfig(**{**CFG.__dict__, "factored_obs": False}), CODEC)
+    assert init_params(per_cell, jax.random.PRNGKey(0))["obs_embed"]["embedding"].shape == (
+        CODEC.n_obs_classes, CFG.width)
+
+
 def test_shapes_and_dtype_variants(setup):
     model, params = setup
     tok = random_tokens(jax.random.PRNGKey(1), 7)

@@ -6,6 +6,7 @@ All data is generated here (scripted epsilon-greedy Darkroom histories), never r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dicp_jax.checkpoint import ConfigMismatch
+from dicp_jax.checkpoint import ConfigMismatch, read_config
 from dicp_jax.commands.train import build_configs
 from dicp_jax.config import ConfigError
 from dicp_jax.data import goal_seen, prepare, return_to_go, synthetic_history, window
@@ -102,6 +103,11 @@ def test_resume_is_bit_for_bit_and_config_checked(tmp_path, hist):
         train("darkroom", "synthetic", run, QUICK, wide, histories=hist, resume=True)
     with pytest.raises(ConfigMismatch, match="env_name"):
         train("darkroom_permuted", "synthetic", run, QUICK, TINY, histories=hist, resume=True)
+    # a run written before a model field existed loads as the model it was trained as
+    saved = json.loads((run / "config.json").read_text())
+    del saved["model"]["factored_obs"]
+    (run / "config.json").write_text(json.dumps(saved))
+    assert read_config(run)["model"]["factored_obs"] is False
 
 
 def test_ad_baseline_is_same_path(hist):
