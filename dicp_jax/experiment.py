@@ -109,14 +109,26 @@ def _dataset_ok(env_name: str, data_dir: Path, ppo: Any) -> bool:
     return True
 
 
-def _trained_ok(run_dir: Path, steps: int) -> bool:
-    from dicp_jax.checkpoint import manager, read_config
+def _trained_ok(run_dir: Path, env_name: str, model_cfg: Any, train_cfg: Any) -> bool:
+    """A finished run under these configs. A run trained under other settings (an edited
+    experiment, or a changed default) is moved to ``<run>.stale`` so it is trained again."""
+    import shutil
+
+    from dicp_jax.checkpoint import ConfigMismatch, check_compatible, manager, read_config
 
     if not (run_dir / "config.json").exists():
         return False
     saved = read_config(run_dir)
+    try:
+        check_compatible(saved, env_name, model_cfg, train_cfg, run_dir)
+    except ConfigMismatch as e:
+        stale = run_dir.with_name(run_dir.name + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        run_dir.rename(stale)
+        print(f"{e}\nmoved it to {stale}; training again")
+        return False
     latest = manager(run_dir, saved["train"]["keep_checkpoints"]).latest_step()
-    return latest is not None and latest >= steps
+    return latest is not None and latest >= train_cfg.steps
 
 
 def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force: bool = False,
@@ -155,7 +167,7 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
         run_dir = out / "runs" / f"split{seed}"
         if force and run_dir.exists():
             shutil.rmtree(run_dir)
-        if _trained_ok(run_dir, cfgs["train"].steps):
+        if _trained_ok(run_dir, exp.env, cfgs["model"], cfgs["train"]):
             print(f"[2/3] split {seed}: reusing the trained model in {run_dir}")
         else:
             print(f"[2/3] split {seed}: training ({exp.preset} preset) -> {run_dir}")

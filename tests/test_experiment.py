@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -101,6 +102,12 @@ def test_tiny_pipeline_runs_then_reuses_everything(tmp_path, capsys):
     log = capsys.readouterr().out
     assert "reusing the dataset" in log and "reusing the trained model" in log
     assert "reusing the meta-test results" in log
+    # An edited experiment does not reuse a model trained under the old settings.
+    exp2 = dataclasses.replace(exp, train={**exp.train, "lr": 5e-3})
+    run_experiment(exp2, out_root=tmp_path / "results", progress=False)
+    log = capsys.readouterr().out
+    assert "train.lr: saved 0.01 vs requested 0.005" in log and "training again" in log
+    assert (out / "runs" / "split0.stale" / "config.json").exists()
 
 
 def test_cli_exposes_one_cpu_device_per_core_unless_told():
