@@ -66,7 +66,7 @@ def test_factored_obs_embedding_is_a_sum_over_coordinates(setup):
     model, params = setup
     table = params["obs_embed"]["embedding"]
     assert table.shape == (2 * CODEC.grid_size, CFG.width)
-    # cells sharing a coordinate share its vector: moving one row of the table moves both
+    # cell (3, 1) reads only the rows of x = 3 and y = 1: bumping x = 3 moves it, y = 4 not
     tok = interleave(jnp.array([[3, 1], [3, 4]]), jnp.zeros(2), jnp.zeros(2, bool),
                      jnp.zeros(2, jnp.int32), jnp.arange(2))
     bumped = {**params, "obs_embed": {"embedding": table.at[3].add(1.0)}}
