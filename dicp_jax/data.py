@@ -28,6 +28,7 @@ class TrainData(NamedTuple):  # [N, S, T, ...] with N padded to a multiple of th
     next_obs: jax.Array  # [N, S, T, obs_dim]
     done: jax.Array  # [N, S, T] int8
     rtg: jax.Array  # [N, S, T] float32: return-to-go within the episode
+    imitate: jax.Array  # [N] float32: 1 = the policy head imitates this task's learner
 
 
 class Targets(NamedTuple):  # per transition [..., n]
@@ -35,6 +36,7 @@ class Targets(NamedTuple):  # per transition [..., n]
     reward: jax.Array  # float32
     next_obs: jax.Array  # [..., n, obs_dim]
     rtg: jax.Array  # float32
+    imitate: jax.Array  # float32: weight of the imitation target (its task's ``imitate``)
 
 
 def return_to_go(reward: np.ndarray, done: np.ndarray) -> np.ndarray:
@@ -48,14 +50,20 @@ def return_to_go(reward: np.ndarray, done: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare(history, n_shards: int = 1) -> TrainData:
+def prepare(history, n_shards: int = 1, imitate=None) -> TrainData:
     """History (numpy) -> TrainData (numpy), task axis zero-padded to a multiple of n_shards.
 
-    Padded tasks are never sampled (the sampler draws task < n_real)."""
+    ``imitate`` [N] (default all 1) weighs each task's imitation targets; a task with 0 only
+    teaches the dynamics heads. Padded tasks are never sampled (the sampler draws
+    task < n_real)."""
     done = np.asarray(history.done).astype(bool)
+    n_tasks = done.shape[0]
+    imitate = np.ones(n_tasks, np.float32) if imitate is None else np.asarray(imitate, np.float32)
+    if imitate.shape != (n_tasks,):
+        raise ValueError(f"imitate must have one weight per task ({n_tasks}), got {imitate.shape}")
     arrays = TrainData(np.asarray(history.obs), np.asarray(history.action),
                        np.asarray(history.reward), np.asarray(history.next_obs),
-                       done.astype(np.int8), return_to_go(history.reward, done))
+                       done.astype(np.int8), return_to_go(history.reward, done), imitate)
     pad = (-arrays.obs.shape[0]) % n_shards
     if pad:
         arrays = TrainData(*(np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
@@ -84,7 +92,7 @@ def window(data: TrainData, task, stream, offset, n: int) -> tuple[Tokens, Targe
     tokens = interleave(obs.astype(jnp.int32), prev_reward, first, action,
                         jnp.arange(n, dtype=jnp.int32))
     targets = Targets(action.astype(jnp.int32), reward, sl(data.next_obs).astype(jnp.int32),
-                      sl(data.rtg))
+                      sl(data.rtg), jnp.full((n,), data.imitate[task], jnp.float32))
     return tokens, targets
 
 

@@ -140,3 +140,8 @@ def test_train_tasks_of_failed_source_learners_are_left_out(tmp_path):
     assert sorted(split["train"] + split["dropped_train"]) == full["train"]
     assert split["test"] == full["test"]  # held-out tasks are never filtered
     assert train_h.action.shape[0] == len(split["train"])
+    # kept for the dynamics heads only: loaded after the others, imitation weight 0
+    kept_h, _, kept = load_split("darkroom", tmp_path / "d", None, cut, keep_dropped=True)
+    n_train, n_dropped = len(kept["train"]), len(kept["dropped_train"])
+    assert kept_h.action.shape[0] == n_train + n_dropped
+    assert kept["imitate"] == [1.0] * n_train + [0.0] * n_dropped

@@ -127,6 +127,17 @@ def test_ad_baseline_is_same_path(hist):
                                           deterministic=True)[0]))(params)
     assert float(jnp.abs(g["obs_head"]["kernel"]).max()) == 0.0
     assert float(jnp.abs(g["action_head"]["kernel"]).max()) > 0.0
+    # a task with imitate = 0 teaches the dynamics heads only
+    data0 = data._replace(imitate=data.imitate.at[:].set(0.0))
+    tok0, tg0 = get(data0, sample_indices(jax.random.PRNGKey(0), 4, 3, 2, 100, 12))
+    assert float(tg0.imitate.max()) == 0.0 and float(tg.imitate.min()) == 1.0
+    loss = jax.jit(lambda p, t: losses(model, p, tok0, t, jax.random.PRNGKey(1), 1.0,
+                                       deterministic=True))
+    (_, m0), (_, m1) = loss(params, tg0), loss(params, tg)
+    assert float(m0["action_loss"]) == 0.0 and float(m1["action_loss"]) > 0.0
+    np.testing.assert_allclose(m0["obs_loss"], m1["obs_loss"])
+    g0 = jax.jit(jax.grad(lambda p: loss(p, tg0)[0]))(params)
+    assert float(jnp.abs(g0["action_head"]["kernel"]).max()) == 0.0
 
 
 def test_true_context_masks_only_windows_cut_by_the_sequence_start(hist):
