@@ -147,16 +147,14 @@ def losses(model, params, tokens, targets, key, lam: float, deterministic: bool 
     ``targets.imitate``."""
     codec = model.codec
     w = jnp.ones(targets.action.shape, jnp.float32) if weight is None else weight
-    mean = lambda x: (x * w).sum() / jnp.maximum(w.sum(), 1.0)
+    mean = lambda x, v=w: (x * v).sum() / jnp.maximum(v.sum(), 1.0)
     keys = jax.random.split(key, targets.action.shape[0])
     apply = lambda t, k: model.apply({"params": params}, t, deterministic=deterministic,
                                      rngs={"dropout": k})[0]
     heads = jax.vmap(apply)(tokens, keys)
     s, a = slice(0, None, 2), slice(1, None, 2)  # state tokens, action tokens
-    w_act = w * targets.imitate
-    act = (optax.softmax_cross_entropy_with_integer_labels(
-        heads.action_logits[:, s].astype(jnp.float32), targets.action) * w_act).sum() / (
-        jnp.maximum(w_act.sum(), 1.0))
+    act = mean(optax.softmax_cross_entropy_with_integer_labels(
+        heads.action_logits[:, s].astype(jnp.float32), targets.action), w * targets.imitate)
     rew = mean(codec.reward_loss(heads.reward_logits[:, a], targets.reward))
     obs = mean(codec.obs_loss(heads.obs_logits[:, a], targets.next_obs))
     rtg = mean(jnp.square((heads.rtg[:, a] - targets.rtg) / codec.rtg_scale))
