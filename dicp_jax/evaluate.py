@@ -39,6 +39,8 @@ class EvalConfig:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.planner not in ("policy", "beam"):
             raise ValueError(f"planner must be 'policy' or 'beam', got {self.planner!r}")
+        if self.plan_start is not None and self.plan_start < 0:
+            raise ValueError(f"plan_start must be >= 0 or None, got {self.plan_start}")
         self.plan.validate()
 
 

@@ -224,6 +224,10 @@ def _report(exp: Experiment, out: Path, per_split: list[dict], env: Any,
              "DICP: beam search with the in-context world model; AD: the same checkpoint "
              "sampling from its policy head; PPO: the source learner's own episodes on the "
              "test tasks (mean over its 100 streams)."]
+    for method, over in (("DICP", exp.dicp), ("AD", exp.ad)):
+        if over:
+            notes.append(f"{method} settings: "
+                         + ", ".join(f"{k}={v}" for k, v in sorted(over.items())) + ".")
     for method, points in exp.reference.items():
         pts = ", ".join(f"episode {k}: {v}" for k, v in points.items())
         notes.append(f"Paper figure (read off, mean of 5 splits), {method}: {pts}.")

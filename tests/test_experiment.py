@@ -31,6 +31,7 @@ def test_shipped_experiments_load():
     ({"bogus": 1}, "unknown key"),
     ({"train": {"stepz": 3}}, "valid keys"),
     ({"dicp": {"beam_size": "ten"}}, "beam_size"),
+    ({"dicp": {"plan_start": -1}}, "plan_start"),
     ({"preset": "gpu"}, "unknown preset"),
 ])
 def test_bad_experiment_files_fail_before_any_work(tmp_path, data, match):
