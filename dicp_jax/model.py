@@ -88,6 +88,10 @@ class ModelConfig:
     # lookup did not transfer to them (it put the reward of goal (4, 2) on (6, 4)), while
     # every coordinate value does occur among the training goals.
     factored_obs: bool = True
+    # With factored_obs, also add an MLP of the concatenated coordinate vectors: a sum is
+    # additive, so attention matched cells sharing one coordinate (after perfect episodes at
+    # (7, 2) the agent walked to (7, 5)); the MLP can represent the cell as a conjunction.
+    obs_mix: bool = False
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
 
     def validate(self) -> None:
@@ -194,7 +198,13 @@ class DICPTransformer(nn.Module):
                 codec.obs_input(obs))
         offsets = jnp.arange(codec.obs_dim, dtype=jnp.int32) * codec.n_coord_values
         table = nn.Embed(codec.obs_dim * codec.n_coord_values, cfg.width, name="obs_embed")
-        return table(codec.coord_input(obs) + offsets).sum(-2)
+        coords = table(codec.coord_input(obs) + offsets)  # [..., obs_dim, width]
+        if not cfg.obs_mix:
+            return coords.sum(-2)
+        joint = coords.reshape(*coords.shape[:-2], -1)  # [..., obs_dim * width]
+        mixed = nn.Dense(cfg.width, name="obs_mix_out")(
+            nn.gelu(nn.Dense(cfg.width, name="obs_mix_in")(joint)))
+        return coords.sum(-2) + mixed
 
     def embed(self, tokens: Tokens) -> Array:
         cfg, codec, dt = self.cfg, self.codec, jnp.dtype(self.cfg.dtype)

@@ -81,6 +81,25 @@ def test_factored_obs_embedding_is_a_sum_over_coordinates(setup):
         CODEC.n_obs_classes, CFG.width)
 
 
+def test_obs_mix_adds_a_joint_term_to_the_coordinate_sum(setup):
+    """A coordinate sum is additive, which let attention confuse cells sharing a coordinate;
+    ``obs_mix`` adds an MLP of the joint coordinates on top. With its output layer zeroed
+    the model is exactly the sum-only model with the same other parameters."""
+    model, params = setup
+    mixed = DICPTransformer(ModelConfig(**{**CFG.__dict__, "obs_mix": True}), CODEC)
+    mix_params = init_params(mixed, jax.random.PRNGKey(0))
+    assert set(mix_params) - set(params) == {"obs_mix_in", "obs_mix_out"}
+    tok = random_tokens(jax.random.PRNGKey(5), 6)
+    zeroed = {**params, **{k: mix_params[k] for k in ("obs_mix_in", "obs_mix_out")}}
+    zeroed["obs_mix_out"] = jax.tree.map(jnp.zeros_like, zeroed["obs_mix_out"])
+    base, _ = model.apply({"params": params}, tok)
+    same, _ = mixed.apply({"params": zeroed}, tok)
+    np.testing.assert_allclose(same.action_logits, base.action_logits, rtol=1e-5, atol=1e-6)
+    live = {**zeroed, "obs_mix_out": mix_params["obs_mix_out"]}
+    moved, _ = mixed.apply({"params": live}, tok)
+    assert not np.allclose(moved.action_logits, base.action_logits)
+
+
 def test_shapes_and_dtype_variants(setup):
     model, params = setup
     tok = random_tokens(jax.random.PRNGKey(1), 7)
