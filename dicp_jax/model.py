@@ -105,6 +105,8 @@ class ModelConfig:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attn_dropout < 1.0):
             raise ConfigError("dropout and attn_dropout must be in [0, 1)")
+        if self.obs_mix and not self.factored_obs:
+            raise ConfigError("obs_mix mixes coordinate vectors: it needs factored_obs=True")
 
     @property
     def d_head(self) -> int:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dicp_jax.codec import GridCodec, codec_for_name
+from dicp_jax.config import ConfigError
 from dicp_jax.model import (
     DICPTransformer,
     KVCache,
@@ -98,6 +99,8 @@ def test_obs_mix_adds_a_joint_term_to_the_coordinate_sum(setup):
     live = {**zeroed, "obs_mix_out": mix_params["obs_mix_out"]}
     moved, _ = mixed.apply({"params": live}, tok)
     assert not np.allclose(moved.action_logits, base.action_logits)
+    with pytest.raises(ConfigError, match="factored_obs"):
+        ModelConfig(obs_mix=True, factored_obs=False).validate()
 
 
 def test_shapes_and_dtype_variants(setup):
