@@ -191,7 +191,7 @@ class DICPTransformer(nn.Module):
 
     def embed_obs(self, obs: Array) -> Array:
         """obs [..., obs_dim] -> [..., width]: a vector per cell, or (``factored_obs``) the
-        sum of one vector per coordinate value."""
+        sum of one vector per coordinate value, plus (``obs_mix``) an MLP of them jointly."""
         cfg, codec = self.cfg, self.codec
         if not codec.discrete_obs:
             return nn.Dense(cfg.width, name="obs_embed")(codec.obs_input(obs))
