@@ -117,7 +117,7 @@ def plot_metrics(run_dir: str | Path) -> Path | None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     steps = [r["step"] for r in records]
     keys = ("action_acc", "reward_acc", "reward_recall", "reward_recall_seen",
-            "reward_recall_arrival", "obs_acc")
+            "reward_recall_arrival", "reward_false_alarm", "obs_acc")
     value = lambda r, k: np.nan if r["val"].get(k) is None else r["val"][k]
     for k in keys:
         axes[0].plot(steps, [value(r, k) for r in records], label=k)

@@ -246,11 +246,13 @@ def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
 
 
 def collect_dataset(env_name: str, out: str | Path, cfg: PPOConfig | None = None, *,
-                    split: str = "all", n_tasks: int | None = None, resume: bool = False,
+                    split: str = "all", n_tasks: int | None = None,
+                    task_index: Any = None, resume: bool = False,
                     overwrite: bool = False, progress: bool = True,
                     chunk_size: int | None = None, memory_budget: float = 2 * 2**30,
                     stats: dict | None = None, **env_kwargs: Any) -> dict:
-    """Collect the split's tasks (first ``n_tasks`` of them) into the dataset at ``out``.
+    """Collect the split's tasks (first ``n_tasks`` of them), or exactly ``task_index``
+    (indices into ``env.task_list()``; the split is then "subset"), into the dataset at ``out``.
 
     Completed chunks are stored as they finish; with ``resume`` the tasks already stored are
     skipped. ``metadata.json`` is written last. Returns the metadata dict."""
@@ -262,7 +264,10 @@ def collect_dataset(env_name: str, out: str | Path, cfg: PPOConfig | None = None
     env, _ = dicp_envs.make(env_name, **env_kwargs)
     cfg = ppo.paper_ppo_config(env_name) if cfg is None else cfg
     cfg.validate()
-    idx = dicp_envs.split_indices(env_name, split)
+    if task_index is not None:
+        idx, split = np.asarray(task_index, np.int64), "subset"
+    else:
+        idx = dicp_envs.split_indices(env_name, split)
     idx = idx if n_tasks is None else idx[:n_tasks]
     tasks = np.asarray(env.task_list(), dtype=np.int32)[idx]
     header = dict(env_name=env_name, env_kwargs=env_kwargs, split=split,

@@ -142,6 +142,12 @@ def goal_seen(next_obs: jax.Array, reward: jax.Array) -> jax.Array:
     return jnp.any(same & earlier & (reward[..., None, :] > 0), -1)
 
 
+def after_reward(reward: jax.Array) -> jax.Array:
+    """bool [..., n]: an earlier transition of the window was rewarded."""
+    pos = (reward > 0).astype(jnp.int32)
+    return jnp.cumsum(pos, -1) - pos > 0
+
+
 def synthetic_history(env_name: str, task_index, n_streams: int, n_steps: int, key,
                       eps_start: float = 1.0, eps_end: float = 0.05):
     """Scripted 'learning' histories: epsilon-greedy around the optimal action, epsilon
@@ -191,8 +197,9 @@ class Validator:
 
     Reported: action / reward / next-obs accuracy, reward recall on rewarding transitions
     (also restricted to those whose rewarding cell was already rewarded earlier in the
-    window, and to those of them that follow an unrewarded step), each accuracy also by
-    position in the context."""
+    window, and to those of them that follow an unrewarded step), the false-alarm rate on
+    unrewarded transitions once the window holds a reward (a planner chases those), each
+    accuracy also by position in the context."""
 
     def __init__(self, model, test_data: TrainData, n_windows: int, seed: int = 0,
                  chunk: int = 128, mesh: Mesh | None = None):
@@ -227,6 +234,7 @@ class Validator:
             # arriving at a goal rewarded earlier in the window, after an unrewarded step:
             # the in-context lookup the planner needs, without the reward-follows-reward cue
             "reward_recall_arrival": ratio(s["arrival_ok"], s["arrival"]),
+            "reward_false_alarm": ratio(s["false_alarm"], s["known_neg"]),
             "obs_acc": float(s["obs_ok"].sum() / (w * len(s["obs_ok"]))),
             "n_rewarding": int(s["rewarding"].sum()), "n_rewarding_seen": int(s["seen"].sum()),
             "n_arrival": int(s["arrival"].sum()),
@@ -254,12 +262,14 @@ def _stats_impl(model, params, tokens, targets, seen):
     obs_ok = codec.obs_correct(heads.obs_logits[:, 1::2], targets.next_obs)
     pos = targets.reward > 0
     arrival = pos & seen & (tokens.prev_reward[:, 0::2] <= 0)  # not "reward follows reward"
+    known_neg = ~pos & after_reward(targets.reward)  # a planner would chase a false alarm
     f = lambda x: x.astype(jnp.float32).sum(0)  # -> by position [n]
     return {"action_ok": f(act_ok), "reward_ok": f(rew_ok), "obs_ok": f(obs_ok),
             "rewarding": f(pos), "rewarding_ok": f(pos & rew_ok),
             "seen": f(pos & seen), "seen_ok": f(pos & seen & rew_ok),
-            "arrival": f(arrival), "arrival_ok": f(arrival & rew_ok)}
+            "arrival": f(arrival), "arrival_ok": f(arrival & rew_ok),
+            "known_neg": f(known_neg), "false_alarm": f(known_neg & ~rew_ok)}
 
 
-__all__ = ["Targets", "TrainData", "Validator", "gather_windows", "goal_seen", "prepare",
-           "return_to_go", "sample_indices", "synthetic_history", "to_device", "window"]
+__all__ = ["Targets", "TrainData", "Validator", "after_reward", "gather_windows", "goal_seen",
+           "prepare", "return_to_go", "sample_indices", "synthetic_history", "to_device", "window"]

@@ -32,6 +32,8 @@ class Experiment:
     dicp: dict = dataclasses.field(default_factory=dict)  # EvalConfig/PlanConfig overrides
     ad: dict = dataclasses.field(default_factory=dict)  # EvalConfig overrides (policy mode)
     splits: tuple[int, ...] | None = None  # split seeds (None: the env's registered seed)
+    tasks: int | None = None  # collect a seeded random subset of this many tasks (None: all)
+    test_tasks: int | None = None  # meta-test the first N of a split's test tasks (None: all)
     eval_seed: int = 0
     reference: dict = dataclasses.field(default_factory=dict)  # figures read off the paper
 
@@ -58,8 +60,31 @@ def load_experiment(name_or_path: str) -> Experiment:
     if "splits" in data and data["splits"] is not None:
         data["splits"] = tuple(int(s) for s in data["splits"])
     exp = Experiment(name=path.stem, **data)
+    for k in ("tasks", "test_tasks"):
+        v = getattr(exp, k)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise cfglib.ConfigError(f"{path}: {k} must be a positive integer or null, got {v!r}")
     stage_configs(exp)  # validate every override before any work starts
+    experiment_tasks(exp)
     return exp
+
+
+SUBSET_SEED = 0  # the random subset of tasks is fixed: every split and rerun shares it
+
+
+def experiment_tasks(exp: Experiment) -> np.ndarray:
+    """Sorted indices (into ``env.task_list()``) of the tasks an experiment collects and
+    splits: all of them, or a seeded random subset of ``exp.tasks`` so that Key-to-Door's
+    6561 tasks fit a CPU run. Each split's train / test tasks are those of the subset."""
+    import dicp_envs
+
+    n = len(dicp_envs.make(exp.env)[0].task_list())
+    if exp.tasks is None:
+        return np.arange(n)
+    if exp.tasks > n:
+        raise cfglib.ConfigError(f"experiment {exp.name}: tasks={exp.tasks} but {exp.env} "
+                                 f"has {n} tasks")
+    return np.sort(np.random.default_rng(SUBSET_SEED).choice(n, exp.tasks, replace=False))
 
 
 def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, Any]:
@@ -90,8 +115,9 @@ def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, 
                 ad=eval_cfg(exp.ad, "policy"))
 
 
-def _dataset_ok(env_name: str, data_dir: Path, ppo: Any) -> bool:
-    """A complete, uncorrupted dataset of this env collected with these PPO settings."""
+def _dataset_ok(env_name: str, data_dir: Path, ppo: Any, tasks: np.ndarray) -> bool:
+    """A complete, uncorrupted dataset of exactly these tasks of this env, collected with
+    these PPO settings."""
     from dicp_jax.history import DatasetError, load_history
 
     if not (data_dir / "metadata.json").exists():
@@ -105,6 +131,10 @@ def _dataset_ok(env_name: str, data_dir: Path, ppo: Any) -> bool:
     if differ:
         print(f"dataset {data_dir} was collected with other PPO settings {differ}; "
               "collecting again")
+        return False
+    if sorted(int(i) for i in meta.task_index) != [int(i) for i in tasks]:
+        print(f"dataset {data_dir} holds {len(meta.task_index)} tasks, not the experiment's "
+              f"{len(tasks)}; collecting again")
         return False
     return True
 
@@ -149,15 +179,22 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
     all_tasks = np.asarray(env.task_list())
 
     cfgs = stage_configs(exp)
-    if force or not _dataset_ok(exp.env, data_dir, cfgs["ppo"]):
+    tasks = experiment_tasks(exp)
+    if force or not _dataset_ok(exp.env, data_dir, cfgs["ppo"], tasks):
         if force and data_dir.exists():
             shutil.rmtree(data_dir)
-        print(f"[1/3] collecting PPO histories on every {exp.env} task -> {data_dir}")
+        which = "every" if exp.tasks is None else f"a random subset of {len(tasks)}"
+        print(f"[1/3] collecting PPO histories on {which} {exp.env} task(s) -> {data_dir}")
         # No metadata yet: an interrupted collection, resumed chunk by chunk. Otherwise the
         # finished dataset is unusable and is replaced.
         partial = not (data_dir / "metadata.json").exists()
-        collect_dataset(exp.env, data_dir, cfgs["ppo"], split="all", resume=partial,
+        collect_dataset(exp.env, data_dir, cfgs["ppo"], task_index=tasks, resume=partial,
                         overwrite=not partial, progress=progress)
+        runs = out / "runs"
+        if runs.exists():  # trained on the histories just replaced
+            shutil.rmtree(out / "runs.stale", ignore_errors=True)
+            runs.rename(out / "runs.stale")
+            print(f"moved the models trained on the old dataset to {out / 'runs.stale'}")
     else:
         print(f"[1/3] reusing the dataset in {data_dir}")
 
@@ -186,13 +223,16 @@ def _evaluate_split(exp, cfgs, seed, run_dir, data_dir, env, all_tasks, force, e
     import dicp_envs
 
     cache = run_dir / "meta_test.npz"
-    key = json.dumps({k: cfglib.to_dict(cfgs[k]) for k in ("dicp", "ad")}, sort_keys=True)
+    key = json.dumps({**{k: cfglib.to_dict(cfgs[k]) for k in ("dicp", "ad")},
+                      "test_tasks": exp.test_tasks}, sort_keys=True)
     if cache.exists() and not force:
         saved = np.load(cache)
         if str(saved["config"]) == key:
             print(f"[3/3] split {seed}: reusing the meta-test results in {cache}")
             return {k: saved[k] for k in saved.files if k != "config"}
-    idx = dicp_envs.split_indices(exp.env, "test", seed=seed)
+    in_experiment = set(experiment_tasks(exp).tolist())
+    idx = np.asarray([i for i in dicp_envs.split_indices(exp.env, "test", seed=seed)
+                      if int(i) in in_experiment][:exp.test_tasks], np.int64)
     trained = load_trained(run_dir)
     results = {"task_index": idx,
                "optimal": np.asarray(env.optimal_return(env.params_for(all_tasks[idx])))}
@@ -218,9 +258,10 @@ def _report(exp: Experiment, out: Path, per_split: list[dict], env: Any,
     optimal = np.concatenate([r["optimal"] for r in per_split])
     rows = summarise(pooled, optimal)
     write_csv(rows, out / "results.csv")
+    subset = "" if exp.tasks is None else f" of a random subset of {exp.tasks} tasks"
     notes = [f"{len(optimal)} test tasks pooled over {len(splits)} split(s) "
-             f"(split seeds {', '.join(map(str, splits))}); mean ± standard error over tasks; "
-             "(fraction of the optimal return).",
+             f"(split seeds {', '.join(map(str, splits))}){subset}; mean ± standard error "
+             "over tasks; (fraction of the optimal return).",
              "DICP: beam search with the in-context world model; AD: the same checkpoint "
              "sampling from its policy head; PPO: the source learner's own episodes on the "
              "test tasks (mean over its 100 streams)."]

@@ -51,7 +51,9 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
 def markdown(rows: Sequence[dict], title: str, notes: Sequence[str] = ()) -> str:
     """Methods as rows, bands/points as columns: ``return ± se (fraction of optimal)``."""
-    columns = list(dict.fromkeys(r["column"] for r in rows))
+    # Bands, then points, each in episode order (methods may run different episode counts).
+    order = {r["column"]: ("-" not in r["column"], r["first_episode"]) for r in rows}
+    columns = sorted(order, key=order.get)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["method"], r["column"]): r for r in rows}
     out = [f"### {title}", "", "| method | " + " | ".join(columns) + " |",

@@ -33,6 +33,9 @@ def test_shipped_experiments_load():
     ({"dicp": {"beam_size": "ten"}}, "beam_size"),
     ({"dicp": {"plan_start": -1}}, "plan_start"),
     ({"preset": "gpu"}, "unknown preset"),
+    ({"tasks": 0}, "positive integer"),
+    ({"test_tasks": "8"}, "positive integer"),
+    ({"tasks": 82}, "has 81 tasks"),
 ])
 def test_bad_experiment_files_fail_before_any_work(tmp_path, data, match):
     with pytest.raises((ConfigError, ValueError), match=match):
@@ -54,13 +57,18 @@ def test_table_and_plot(tmp_path):
     assert row["mean_fraction"] == pytest.approx(0.5)
     md = markdown(rows, "t", ["a note"])
     assert "| DICP |" in md and "(50%)" in md and "- a note" in md
+    # A method with more episodes adds columns; bands stay before points, in episode order.
+    longer = markdown(summarise({**returns, "PPO": np.ones((2, 12))}, optimal), "t")
+    header = longer.splitlines()[2]
+    assert header == "| method | ep 1-5 | ep 6-10 | ep 11-25 | ep 1 | ep 10 |"
     plot(returns, optimal, tmp_path / "p.png", "t", 20, reference={"paper": {1: 3.0}})
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
-def _synthetic_dataset(path, ppo, n_streams=2, n_steps=40):
-    """A small dataset of scripted epsilon-greedy histories on every Darkroom task, written
-    with the real writer (PPO collection itself is covered by test_collect)."""
+def _synthetic_dataset(path, ppo, n_streams=2, n_steps=40, idx=None):
+    """A small dataset of scripted epsilon-greedy histories on every Darkroom task (or on
+    ``idx``), written with the real writer (PPO collection itself is covered by
+    test_collect)."""
     import jax
 
     import dicp_envs
@@ -69,7 +77,7 @@ def _synthetic_dataset(path, ppo, n_streams=2, n_steps=40):
     from dicp_jax.history import DatasetWriter
 
     env, _ = dicp_envs.make("darkroom")
-    idx = dicp_envs.split_indices("darkroom", "all")
+    idx = dicp_envs.split_indices("darkroom", "all") if idx is None else np.asarray(idx)
     hist = synthetic_history("darkroom", idx, n_streams, n_steps, jax.random.PRNGKey(0))
     rets = jax.vmap(episode_returns, (0, 0, None))(hist.reward, hist.done, env.horizon)
     header = dict(env_name="darkroom", env_kwargs={}, split="all", task_index=idx,
@@ -146,3 +154,34 @@ def test_train_tasks_of_failed_source_learners_are_left_out(tmp_path):
     n_train, n_dropped = len(kept["train"]), len(kept["dropped_train"])
     assert kept_h.action.shape[0] == n_train + n_dropped
     assert kept["imitate"] == [1.0] * n_train + [0.0] * n_dropped
+
+
+@pytest.mark.xdist_group("pipeline")
+def test_task_subset_is_collected_split_and_meta_tested(tmp_path, capsys):
+    """``tasks`` makes an experiment a fixed random subset of the env's tasks (Key-to-Door's
+    6561 do not fit a CPU run); ``test_tasks`` caps the meta-tested ones. A dataset of other
+    tasks is not reused."""
+    from dicp_jax.experiment import _dataset_ok, experiment_tasks
+
+    exp = load_experiment(_write(
+        tmp_path, tasks=40, test_tasks=2,
+        model={"n_transit": 8, "width": 16, "n_layers": 1, "n_heads": 2, "mlp": 32},
+        train={"steps": 2, "batch_size": 2, "steps_per_call": 1, "eval_every": 2,
+               "ckpt_every": 2, "eval_windows": 4, "warmup_steps": 1},
+        dicp={"episodes": 1, "beam_size": 2, "depth": 2}, ad={"episodes": 1},
+    ))
+    tasks = experiment_tasks(exp)
+    assert len(tasks) == 40 and len(set(tasks.tolist())) == 40
+    np.testing.assert_array_equal(tasks, experiment_tasks(exp))  # fixed subset
+    ppo = to_dict(stage_configs(exp)["ppo"])
+    data = tmp_path / "results" / "exp" / "data"
+    _synthetic_dataset(data, ppo, idx=tasks)
+    assert not _dataset_ok("darkroom", data, stage_configs(exp)["ppo"], np.arange(81))
+    assert "not the experiment's 81" in capsys.readouterr().out
+    out = run_experiment(exp, out_root=tmp_path / "results", progress=False)
+    saved = np.load(out / "runs" / "split0" / "meta_test.npz")
+    assert len(saved["task_index"]) == 2 and set(saved["task_index"].tolist()) <= set(
+        tasks.tolist())
+    config = json.loads((out / "runs" / "split0" / "config.json").read_text())
+    assert set(config["split"]["train"]) <= set(tasks.tolist())
+    assert "random subset of 40 tasks" in (out / "results.md").read_text()

@@ -22,7 +22,7 @@ import pytest
 from dicp_jax.checkpoint import ConfigMismatch, read_config
 from dicp_jax.commands.train import build_configs
 from dicp_jax.config import ConfigError
-from dicp_jax.data import goal_seen, prepare, return_to_go, synthetic_history, window
+from dicp_jax.data import after_reward, goal_seen, prepare, return_to_go, synthetic_history, window
 from dicp_jax.model import ModelConfig
 from dicp_jax.train import TrainConfig, load_trained, train
 
@@ -61,6 +61,7 @@ def test_window_tokens_handle_episode_boundaries(hist):
     assert bool(tok0.first[0]) and float(tok0.prev_reward[0]) == 0.0
     seen = goal_seen(jnp.array([[1, 1], [2, 2], [1, 1], [1, 1]]), jnp.array([1.0, 0, 0, 1]))
     assert seen.tolist() == [False, False, True, True]
+    assert after_reward(jnp.array([0.0, 1, 0, 1, 0])).tolist() == [False, False, True, True, True]
 
 
 def test_overfit_one_task(tmp_path, all_hist):
