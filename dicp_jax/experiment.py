@@ -188,7 +188,8 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
         # No metadata yet: an interrupted collection, resumed chunk by chunk. Otherwise the
         # finished dataset is unusable and is replaced.
         partial = not (data_dir / "metadata.json").exists()
-        collect_dataset(exp.env, data_dir, cfgs["ppo"], task_index=tasks, resume=partial,
+        collect_dataset(exp.env, data_dir, cfgs["ppo"], split="all",
+                        task_index=None if exp.tasks is None else tasks, resume=partial,
                         overwrite=not partial, progress=progress)
         runs = out / "runs"
         if runs.exists():  # trained on the histories just replaced
