@@ -32,6 +32,11 @@ class EvalConfig:
     greedy: bool = False  # policy mode: argmax instead of sampling from the imitation head
     plan: PlanConfig = PlanConfig()
     plan_start: int | None = None  # real transitions in context before planning (None: n_transit)
+    # Plan only while the real context holds a rewarded transition, else act with the policy:
+    # with rewards unseen, the world model's reward predictions carry no evidence, and
+    # planning towards its false alarms replaced the imitated exploration (DICP never found
+    # goals AD finds by episode 15-30).
+    plan_needs_reward: bool = False
     trajectories: bool = False  # also return per-step observations, actions and rewards
 
     def validate(self) -> None:
@@ -57,6 +62,7 @@ class Carry(NamedTuple):
     prev_reward: jax.Array
     first: jax.Array
     step: jax.Array
+    last_reward_step: jax.Array  # step of the latest rewarded transition (-n_transit - 1: none)
     cache: Any
     key: jax.Array
 
@@ -82,7 +88,10 @@ def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
             steps_left = env.horizon - carry.env_state.time
             planned = beam_search(wm, codec, cfg.plan, cache, logits, carry.step, steps_left,
                                   key_plan)
-            action = jnp.where(carry.step >= plan_start, planned, action)
+            plan = carry.step >= plan_start
+            if cfg.plan_needs_reward:  # the context holds steps step - n_transit .. step - 1
+                plan &= carry.last_reward_step >= carry.step - n_transit
+            action = jnp.where(plan, planned, action)
         tok = action_token(codec.obs_dim, action, carry.step)
         _, entries = wm.decode(tok, (cache,))
         cache = wm.write(cache, entries, tok, token_pos(tok) % length)
@@ -94,15 +103,16 @@ def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
         obs, env_state, reward, terminated, truncated, _ = env.step(
             key_env, carry.env_state, action, params)
         done = terminated | truncated
+        last_reward_step = jnp.where(reward > 0, carry.step, carry.last_reward_step)
         new = Carry(env_state, obs, reward.astype(jnp.float32), done, carry.step + 1,
-                    carry.cache, carry.key)
+                    last_reward_step, carry.cache, carry.key)
         return new, (carry.obs, action, reward)
 
     def rollout(params: Any, key: jax.Array) -> Rollout:
         key_reset, key = jax.random.split(key)
         obs, env_state = env.reset(key_reset, params)
         carry = Carry(env_state, obs, jnp.float32(0.0), jnp.array(True), jnp.int32(0),
-                      wm.init_cache(length), key)
+                      jnp.int32(-n_transit - 1), wm.init_cache(length), key)
         _, (obs_seq, actions, rewards) = jax.lax.scan(
             lambda c, x: step(c, x, params), carry, None, length=n_steps)
         # Episodes end only at the horizon, so they tile the step axis exactly.

@@ -18,10 +18,12 @@ from tests.oracle import oracle
 FIXED_PREFERENCE = jnp.array([0.3, 2.0, -1.0, 0.5, 1.0])  # policy's top action: 1 (x-1)
 
 
-def oracle_returns(env, tasks, plan: PlanConfig, episodes: int = 1, zero_reward=False):
+def oracle_returns(env, tasks, plan: PlanConfig, episodes: int = 1, zero_reward=False,
+                   **eval_options):
     """One oracle-planned rollout per task (planning from the first step)."""
     codec = codec_for(env)
-    cfg = EvalConfig(episodes=episodes, planner="beam", plan=plan, plan_start=0)
+    cfg = EvalConfig(episodes=episodes, planner="beam", plan=plan, plan_start=0,
+                     **eval_options)
 
     def run(task, key):
         wm = oracle(env, task, FIXED_PREFERENCE, zero_reward=zero_reward)
@@ -95,3 +97,18 @@ def test_cached_and_uncached_planning_choose_the_same_actions(leaf_value):
             for wm in (cached(model, params), uncached(model, params, codec.obs_dim))]
     np.testing.assert_array_equal(np.asarray(runs[0].action), np.asarray(runs[1].action))
     np.testing.assert_array_equal(np.asarray(runs[0].obs), np.asarray(runs[1].obs))
+
+
+def test_plan_needs_reward_acts_with_the_policy_until_a_reward_is_in_context():
+    """The greedy policy walks x-1 from the centre (2, 2) of a 5x5 room. It reaches goal
+    (0, 2) on its own; from the first reward on, the oracle plan holds the goal (optimal
+    return). Goal (3, 2) lies behind it: gated, the planner never takes over (return 0),
+    ungated it walks straight there."""
+    env, _ = dicp_envs.make("darkroom", grid_size=5, horizon=12)
+    tasks = env.params_for(np.array([[0, 2], [3, 2]]))
+    plan = PlanConfig(beam_size=25, depth=4)
+    opt = np.asarray(env.optimal_return(tasks))
+    gated = oracle_returns(env, tasks, plan, episodes=2, greedy=True, plan_needs_reward=True)
+    np.testing.assert_array_equal(np.asarray(gated.returns), [[opt[0]] * 2, [0, 0]])
+    free = oracle_returns(env, tasks, plan, episodes=2, greedy=True)
+    np.testing.assert_array_equal(np.asarray(free.returns), np.stack([opt, opt], 1))
