@@ -29,6 +29,10 @@ class TrainData(NamedTuple):  # [N, S, T, ...] with N padded to a multiple of th
     done: jax.Array  # [N, S, T] int8
     rtg: jax.Array  # [N, S, T] float32: return-to-go within the episode
     imitate: jax.Array  # [N] float32: 1 = the policy head imitates this task's learner
+    # Optional (``counterfactuals``): per transition another action and its true outcome.
+    cf_action: jax.Array | None = None  # [N, S, T] int8
+    cf_reward: jax.Array | None = None  # [N, S, T]
+    cf_next_obs: jax.Array | None = None  # [N, S, T, obs_dim]
 
 
 class Targets(NamedTuple):  # per transition [..., n]
@@ -37,6 +41,9 @@ class Targets(NamedTuple):  # per transition [..., n]
     next_obs: jax.Array  # [..., n, obs_dim]
     rtg: jax.Array  # float32
     imitate: jax.Array  # float32: weight of the imitation target (its task's ``imitate``)
+    cf_action: jax.Array | None = None  # int32: the other action at each S_t
+    cf_reward: jax.Array | None = None  # float32: its true reward
+    cf_next_obs: jax.Array | None = None  # [..., n, obs_dim]: its true next observation
 
 
 def return_to_go(reward: np.ndarray, done: np.ndarray) -> np.ndarray:
@@ -50,12 +57,59 @@ def return_to_go(reward: np.ndarray, done: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare(history, n_shards: int = 1, imitate=None) -> TrainData:
+def counterfactuals(env_name: str, history, task_index, seed: int = 0):
+    """Per recorded transition, another action and the env's true outcome of it, as numpy
+    ``(cf_action int8 [N, S, T], cf_reward [N, S, T], cf_next_obs [N, S, T, obs_dim])``.
+
+    Why: the dynamics heads otherwise only learn the outcomes of the source learner's own
+    actions, while a planner asks about every action. Once PPO converges its paths never
+    step off the way to the goal, and the model learned to expect reward on cells sharing
+    a coordinate with the goal, which the planner then walked to. Needs an env whose
+    observation is its whole state (``state_from_obs``); the action drawn at (task, stream,
+    step) depends only on the seed and the task's global index."""
+    import dicp_envs
+    from dicp_jax.config import ConfigError
+
+    env, _ = dicp_envs.make(env_name)
+    if not hasattr(env, "state_from_obs"):
+        raise ConfigError(f"counterfactual targets need an env whose observation is its state "
+                          f"(state_from_obs); {env_name} has none")
+    task_index = np.asarray(task_index, np.int64)
+    params = env.params_for(np.asarray(env.task_list())[task_index])
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(task_index)
+    out = _counterfactual_fn(env_name)(keys, params, jnp.asarray(history.obs),
+                                       jnp.asarray(history.action))
+    a, r, nobs = jax.device_get(out)
+    return (a.astype(np.int8), r.astype(np.asarray(history.reward).dtype),
+            nobs.astype(np.asarray(history.obs).dtype))
+
+
+@functools.lru_cache(maxsize=4)
+def _counterfactual_fn(env_name: str):
+    import dicp_envs
+
+    env, _ = dicp_envs.make(env_name)
+
+    def task(key, p, obs, action):  # obs [S, T, d], action [S, T]
+        shift = jax.random.randint(key, action.shape, 1, env.num_actions)
+        other = (action.astype(jnp.int32) + shift) % env.num_actions  # never the taken one
+
+        def outcome(o, a):
+            nobs, _, r, _, _ = env.step_env(key, env.state_from_obs(o), a, p)
+            return nobs, r
+
+        nobs, r = jax.vmap(jax.vmap(outcome))(obs, other)
+        return other, r, nobs
+
+    return jax.jit(jax.vmap(task))
+
+
+def prepare(history, n_shards: int = 1, imitate=None, cf=None) -> TrainData:
     """History (numpy) -> TrainData (numpy), task axis zero-padded to a multiple of n_shards.
 
     ``imitate`` [N] (default all 1) weighs each task's imitation targets; a task with 0 only
-    teaches the dynamics heads. Padded tasks are never sampled (the sampler draws
-    task < n_real)."""
+    teaches the dynamics heads. ``cf`` adds ``counterfactuals``. Padded tasks are never
+    sampled (the sampler draws task < n_real)."""
     done = np.asarray(history.done).astype(bool)
     n_tasks = done.shape[0]
     imitate = np.ones(n_tasks, np.float32) if imitate is None else np.asarray(imitate, np.float32)
@@ -63,11 +117,12 @@ def prepare(history, n_shards: int = 1, imitate=None) -> TrainData:
         raise ValueError(f"imitate must have one weight per task ({n_tasks}), got {imitate.shape}")
     arrays = TrainData(np.asarray(history.obs), np.asarray(history.action),
                        np.asarray(history.reward), np.asarray(history.next_obs),
-                       done.astype(np.int8), return_to_go(history.reward, done), imitate)
+                       done.astype(np.int8), return_to_go(history.reward, done), imitate,
+                       *(cf or ()))
     pad = (-arrays.obs.shape[0]) % n_shards
     if pad:
-        arrays = TrainData(*(np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
-                             for a in arrays))
+        arrays = jax.tree.map(
+            lambda a: np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]), arrays)
     return arrays
 
 
@@ -93,6 +148,10 @@ def window(data: TrainData, task, stream, offset, n: int) -> tuple[Tokens, Targe
                         jnp.arange(n, dtype=jnp.int32))
     targets = Targets(action.astype(jnp.int32), reward, sl(data.next_obs).astype(jnp.int32),
                       sl(data.rtg), jnp.full((n,), data.imitate[task], jnp.float32))
+    if data.cf_action is not None:
+        targets = targets._replace(cf_action=sl(data.cf_action).astype(jnp.int32),
+                                   cf_reward=sl(data.cf_reward).astype(jnp.float32),
+                                   cf_next_obs=sl(data.cf_next_obs).astype(jnp.int32))
     return tokens, targets
 
 
@@ -236,6 +295,12 @@ class Validator:
             "reward_recall_arrival": ratio(s["arrival_ok"], s["arrival"]),
             "reward_false_alarm": ratio(s["false_alarm"], s["known_neg"]),
             "obs_acc": float(s["obs_ok"].sum() / (w * len(s["obs_ok"]))),
+            **({} if "cf_ok" not in s else {
+                # another action than the learner's at every step (``counterfactuals``):
+                # what a planner asks; false alarms counted once the window holds a reward
+                "cf_reward_acc": float(s["cf_ok"].sum() / (w * len(s["cf_ok"]))),
+                "cf_reward_recall": ratio(s["cf_rewarding_ok"], s["cf_rewarding"]),
+                "cf_false_alarm": ratio(s["cf_false_alarm"], s["cf_known_neg"])}),
             "n_rewarding": int(s["rewarding"].sum()), "n_rewarding_seen": int(s["seen"].sum()),
             "n_arrival": int(s["arrival"].sum()),
             "by_position": {"action_acc": (s["action_ok"] / w).tolist(),
@@ -255,8 +320,10 @@ def _chunk_stats(model_cfg, codec):
 
 
 def _stats_impl(model, params, tokens, targets, seen):
+    from dicp_jax.model import branch_heads
+
     codec = model.codec
-    heads = jax.vmap(lambda t: model.apply({"params": params}, t)[0])(tokens)
+    heads, kv = jax.vmap(lambda t: model.apply({"params": params}, t))(tokens)
     act_ok = jnp.argmax(heads.action_logits[:, 0::2], -1) == targets.action
     rew_ok = codec.reward_correct(heads.reward_logits[:, 1::2], targets.reward)
     obs_ok = codec.obs_correct(heads.obs_logits[:, 1::2], targets.next_obs)
@@ -264,12 +331,23 @@ def _stats_impl(model, params, tokens, targets, seen):
     arrival = pos & seen & (tokens.prev_reward[:, 0::2] <= 0)  # not "reward follows reward"
     known_neg = ~pos & after_reward(targets.reward)  # a planner would chase a false alarm
     f = lambda x: x.astype(jnp.float32).sum(0)  # -> by position [n]
-    return {"action_ok": f(act_ok), "reward_ok": f(rew_ok), "obs_ok": f(obs_ok),
+    cf = {}
+    if targets.cf_action is not None:
+        key = jax.random.PRNGKey(0)  # deterministic: no dropout
+        bh = jax.vmap(lambda t, v, a: branch_heads(model, params, t, v, a, key))(
+            tokens, kv, targets.cf_action)
+        cf_ok = codec.reward_correct(bh.reward_logits[:, :, 0], targets.cf_reward)
+        cf_pos = targets.cf_reward > 0
+        cf_neg = ~cf_pos & after_reward(targets.reward)
+        cf = {"cf_ok": f(cf_ok), "cf_rewarding": f(cf_pos), "cf_rewarding_ok": f(cf_pos & cf_ok),
+              "cf_known_neg": f(cf_neg), "cf_false_alarm": f(cf_neg & ~cf_ok)}
+    return cf | {"action_ok": f(act_ok), "reward_ok": f(rew_ok), "obs_ok": f(obs_ok),
             "rewarding": f(pos), "rewarding_ok": f(pos & rew_ok),
             "seen": f(pos & seen), "seen_ok": f(pos & seen & rew_ok),
             "arrival": f(arrival), "arrival_ok": f(arrival & rew_ok),
             "known_neg": f(known_neg), "false_alarm": f(known_neg & ~rew_ok)}
 
 
-__all__ = ["Targets", "TrainData", "Validator", "after_reward", "gather_windows", "goal_seen",
-           "prepare", "return_to_go", "sample_indices", "synthetic_history", "to_device", "window"]
+__all__ = ["Targets", "TrainData", "Validator", "after_reward", "counterfactuals",
+           "gather_windows", "goal_seen", "prepare", "return_to_go", "sample_indices",
+           "synthetic_history", "to_device", "window"]

@@ -159,8 +159,10 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, pos, step, caches_k, caches_v, key_step, key_pos, deterministic):
-        """x [T, W]; caches_k/v: this layer's cached [L, H, D] arrays (may be empty)."""
+    def __call__(self, x, pos, step, caches_k, caches_v, key_step, key_pos, deterministic,
+                 branches: bool = False):
+        """x [T, W]; caches_k/v: this layer's cached [L, H, D] arrays (may be empty);
+        ``branches``: the T new tokens see the caches and themselves, not each other."""
         cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
         h = nn.LayerNorm(dtype=dt)(x)
         qkv = nn.DenseGeneral((3, cfg.n_heads, cfg.d_head), dtype=dt, name="qkv")(h)
@@ -170,6 +172,10 @@ class Block(nn.Module):
         vals = jnp.concatenate([c.astype(dt) for c in caches_v] + [v], 0)
         logits = jnp.einsum("thd,lhd->htl", q, keys).astype(jnp.float32) / jnp.sqrt(cfg.d_head)
         mask = visible(step, pos, key_step, key_pos, cfg.n_transit)
+        if branches:
+            n_new = x.shape[0]
+            own = jnp.eye(n_new, dtype=bool)
+            mask = jnp.concatenate([mask[:, :-n_new], mask[:, -n_new:] & own], axis=1)
         logits = jnp.where(mask[None], logits, jnp.finfo(jnp.float32).min)
         att = jax.nn.softmax(logits, axis=-1)
         att = nn.Dropout(cfg.attn_dropout)(att, deterministic=deterministic).astype(dt)
@@ -227,7 +233,7 @@ class DICPTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Tokens, caches: tuple[KVCache, ...] = (),
-                 deterministic: bool = True) -> tuple[Heads, NewKV]:
+                 deterministic: bool = True, branches: bool = False) -> tuple[Heads, NewKV]:
         cfg, codec = self.cfg, self.codec
         step = tokens.step.astype(jnp.int32)
         pos = token_pos(tokens)
@@ -238,7 +244,7 @@ class DICPTransformer(nn.Module):
         for i in range(cfg.n_layers):
             x, k, v = Block(cfg, name=f"block_{i}")(
                 x, pos, step, [c.k[i] for c in caches], [c.v[i] for c in caches],
-                key_step, key_pos, deterministic)
+                key_step, key_pos, deterministic, branches)
             ks.append(k)
             vs.append(v)
         h = nn.LayerNorm(name="final_norm")(x).astype(jnp.float32)
@@ -263,6 +269,37 @@ def init_params(model: DICPTransformer, key: Array, n_tokens: int | None = None)
     return jax.jit(init)(key)  # one compile instead of hundreds of eager ops
 
 
+def action_token(obs_dim: int, action: jax.Array, step: jax.Array) -> Tokens:
+    """One action token ``[1]``."""
+    return Tokens(
+        kind=jnp.ones((1,), jnp.int32),
+        obs=jnp.zeros((1, obs_dim), jnp.int32),
+        prev_reward=jnp.zeros((1,), jnp.float32),
+        first=jnp.zeros((1,), bool),
+        action=jnp.asarray(action, jnp.int32)[None],
+        step=jnp.asarray(step, jnp.int32)[None],
+    )
+
+
+def branch_heads(model: DICPTransformer, params, tokens: Tokens, kv: NewKV, actions: Array,
+                 key: Array, deterministic: bool = True) -> Heads:
+    """Heads of one *branch* action token per transition of a sequence: ``actions[t]``
+    [n] taken at S_t, seeing the sequence up to S_t (not A_t, nothing later) and itself: the
+    question a planner asks at step t, here for a whole sequence at once (counterfactual
+    dynamics targets, their validation). ``kv`` is the sequence's own ``NewKV``; A_t is
+    hidden by moving action tokens one position later in the mask only (their keys keep
+    their RoPE positions). One pass: the n branch tokens do not see each other
+    (``branches``). Returns Heads with leading [n, 1]."""
+    pos = token_pos(tokens)
+    cache = KVCache(kv.k, kv.v, tokens.step.astype(jnp.int32), pos + tokens.kind)
+    branch = jax.vmap(action_token, (None, 0, 0))(model.codec.obs_dim, actions,
+                                                   tokens.step[0::2])
+    branch = jax.tree.map(lambda a: a[:, 0], branch)  # n tokens [n, ...]
+    heads = model.apply({"params": params}, branch, caches=(cache,), deterministic=deterministic,
+                        branches=True, rngs={"dropout": key})[0]
+    return jax.tree.map(lambda a: a[:, None], heads)
+
+
 def interleave(obs: Array, prev_reward: Array, first: Array, action: Array,
                step: Array) -> Tokens:
     """Per-transition arrays [n, ...] -> Tokens [2n] (S0 A0 S1 A1 ...)."""
@@ -275,5 +312,5 @@ def interleave(obs: Array, prev_reward: Array, first: Array, action: Array,
 
 
 __all__ = ["EMPTY_STEP", "DICPTransformer", "Heads", "KVCache", "ModelConfig", "NewKV",
-           "Tokens", "init_cache", "init_params", "interleave", "ring_slots", "token_pos",
-           "visible", "write_cache"]
+           "Tokens", "action_token", "branch_heads", "init_cache", "init_params", "interleave",
+           "ring_slots", "token_pos", "visible", "write_cache"]

@@ -25,7 +25,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dicp_jax.model import Heads, Tokens
+from dicp_jax.model import Heads, Tokens, action_token
 from dicp_jax.world_model import WorldModel
 
 
@@ -53,18 +53,6 @@ def state_token(obs: jax.Array, prev_reward: jax.Array, first: jax.Array,
         prev_reward=jnp.asarray(prev_reward, jnp.float32)[None],
         first=jnp.asarray(first, bool)[None],
         action=jnp.zeros((1,), jnp.int32),
-        step=jnp.asarray(step, jnp.int32)[None],
-    )
-
-
-def action_token(obs_dim: int, action: jax.Array, step: jax.Array) -> Tokens:
-    """One action token ``[1]``."""
-    return Tokens(
-        kind=jnp.ones((1,), jnp.int32),
-        obs=jnp.zeros((1, obs_dim), jnp.int32),
-        prev_reward=jnp.zeros((1,), jnp.float32),
-        first=jnp.zeros((1,), bool),
-        action=jnp.asarray(action, jnp.int32)[None],
         step=jnp.asarray(step, jnp.int32)[None],
     )
 

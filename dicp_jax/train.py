@@ -24,8 +24,15 @@ from jax.sharding import PartitionSpec as P
 from dicp_jax import checkpoint as ckpt
 from dicp_jax import config as cfglib
 from dicp_jax.codec import codec_for_name
-from dicp_jax.data import Validator, gather_windows, prepare, sample_indices, to_device
-from dicp_jax.model import DICPTransformer, ModelConfig, init_params
+from dicp_jax.data import (
+    Validator,
+    counterfactuals,
+    gather_windows,
+    prepare,
+    sample_indices,
+    to_device,
+)
+from dicp_jax.model import DICPTransformer, ModelConfig, branch_heads, init_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +65,11 @@ class TrainConfig:
     # Keep those tasks for the dynamics heads only: their learners revisit a wrong cell while
     # the goal is in context, the "no reward here" evidence that the other histories lack.
     dynamics_from_dropped: bool = False
+    # Weight (times lambda) of the dynamics loss on counterfactual actions: at every S_t a
+    # branch action token with another action, trained on the env's true outcome
+    # (``data.counterfactuals``), so the world model also learns the outcomes of the actions
+    # the source learner did not take, which are what a planner asks about. 0 = off.
+    counterfactual: float = 0.0
     steps_per_call: int = 100  # train steps per jitted call (lax.scan)
     eval_every: int = 2500
     eval_windows: int = 512
@@ -76,6 +88,8 @@ class TrainConfig:
         if not 0.0 <= self.min_source_return <= 1.0:
             raise cfglib.ConfigError(f"min_source_return is a fraction of the optimal return "
                                      f"in [0, 1], got {self.min_source_return}")
+        if self.counterfactual < 0:
+            raise cfglib.ConfigError(f"counterfactual must be >= 0, got {self.counterfactual}")
         if not 0.0 <= self.stream_start_prob <= 1.0:
             raise cfglib.ConfigError(f"stream_start_prob must be in [0, 1], got "
                                      f"{self.stream_start_prob}")
@@ -141,8 +155,9 @@ def context_mask(offset: jax.Array, seq: int, n_transit: int) -> jax.Array:
 
 
 def losses(model, params, tokens, targets, key, lam: float, deterministic: bool = False,
-           weight: jax.Array | None = None):
-    """Per-batch loss = imitation + lam * (reward + next obs + return-to-go), averaged over
+           weight: jax.Array | None = None, cf_weight: float = 0.0):
+    """Per-batch loss = imitation + lam * (reward + next obs + return-to-go
+    + cf_weight * (reward + next obs of the counterfactual branch tokens)), averaged over
     the positions with ``weight`` [B, n] (default: all); imitation also by
     ``targets.imitate``."""
     codec = model.codec
@@ -150,8 +165,8 @@ def losses(model, params, tokens, targets, key, lam: float, deterministic: bool 
     mean = lambda x, v=w: (x * v).sum() / jnp.maximum(v.sum(), 1.0)
     keys = jax.random.split(key, targets.action.shape[0])
     apply = lambda t, k: model.apply({"params": params}, t, deterministic=deterministic,
-                                     rngs={"dropout": k})[0]
-    heads = jax.vmap(apply)(tokens, keys)
+                                     rngs={"dropout": k})
+    heads, kv = jax.vmap(apply)(tokens, keys)
     s, a = slice(0, None, 2), slice(1, None, 2)  # state tokens, action tokens
     act = mean(optax.softmax_cross_entropy_with_integer_labels(
         heads.action_logits[:, s].astype(jnp.float32), targets.action), w * targets.imitate)
@@ -159,8 +174,16 @@ def losses(model, params, tokens, targets, key, lam: float, deterministic: bool 
     obs = mean(codec.obs_loss(heads.obs_logits[:, a], targets.next_obs))
     rtg = mean(jnp.square((heads.rtg[:, a] - targets.rtg) / codec.rtg_scale))
     total = act + lam * (rew + obs + rtg)
-    return total, {"loss": total, "action_loss": act, "reward_loss": rew, "obs_loss": obs,
-                   "rtg_loss": rtg}
+    metrics = {"action_loss": act, "reward_loss": rew, "obs_loss": obs, "rtg_loss": rtg}
+    if cf_weight > 0:
+        branch = jax.vmap(lambda t, v, c, k: branch_heads(model, params, t, v, c, k,
+                                                          deterministic))
+        bh = branch(tokens, kv, targets.cf_action, keys)  # heads [B, n, 1, ...]
+        cf_rew = mean(codec.reward_loss(bh.reward_logits[:, :, 0], targets.cf_reward))
+        cf_obs = mean(codec.obs_loss(bh.obs_logits[:, :, 0], targets.cf_next_obs))
+        total = total + lam * cf_weight * (cf_rew + cf_obs)
+        metrics.update(cf_reward_loss=cf_rew, cf_obs_loss=cf_obs)
+    return total, {"loss": total, **metrics}
 
 
 @functools.lru_cache(maxsize=8)
@@ -182,7 +205,7 @@ def make_train_call(model_cfg: ModelConfig, codec, cfg: TrainConfig, mesh: Mesh,
         weight = context_mask(idx[2], n, model_cfg.n_transit) if cfg.true_context else None
         grad_fn = jax.value_and_grad(losses, argnums=1, has_aux=True)
         (_, metrics), grads = grad_fn(model, state["params"], tokens, targets, k_drop,
-                                      cfg.dynamics_strength, False, weight)
+                                      cfg.dynamics_strength, False, weight, cfg.counterfactual)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return dict(state, params=params, opt_state=opt_state, step=state["step"] + 1), metrics
@@ -303,19 +326,42 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     if train_cfg.batch_size % mesh.size:
         raise cfglib.ConfigError(f"batch_size={train_cfg.batch_size} must be divisible by the "
                                  f"{mesh.size} devices")
-    data = to_device(prepare(train_h, mesh.size, split.get("imitate")), mesh)
+    train_cf = test_cf = None
+    if train_cfg.counterfactual > 0:
+        train_cf = counterfactuals(env_name, train_h, _train_task_index(split, train_h),
+                                   train_cfg.seed)
+    if "test" in split and _markov_obs(env_name):  # validation reports them for every run
+        test_cf = counterfactuals(env_name, test_h, split["test"], train_cfg.seed + 1)
+    data = to_device(prepare(train_h, mesh.size, split.get("imitate"), train_cf), mesh)
     shape = (train_h.action.shape[0],) + tuple(train_h.action.shape[1:])
     model = DICPTransformer(model_cfg, codec)
     state = init_state(model_cfg, codec, train_cfg, mesh)
     mngr = ckpt.manager(run_dir, train_cfg.keep_checkpoints)
     if resume:
         state = ckpt.restore(mngr, state) or state
-    validator = Validator(model, prepare(test_h), train_cfg.eval_windows, train_cfg.seed,
-                          mesh=mesh)
+    validator = Validator(model, prepare(test_h, cf=test_cf), train_cfg.eval_windows,
+                          train_cfg.seed, mesh=mesh)
     call = make_train_call(model_cfg, codec, train_cfg, mesh, shape)
     val = _loop(state, data, call, validator, mngr, train_cfg, run_dir, progress)
     ckpt.plot_metrics(run_dir)
     return val
+
+
+def _train_task_index(split: dict, train_h) -> list[int]:
+    """Global task index of every train history (kept tasks, then dropped ones)."""
+    idx = list(split.get("train", []))
+    if len(idx) < train_h.action.shape[0]:
+        idx += list(split.get("dropped_train", []))
+    if len(idx) != train_h.action.shape[0]:
+        raise cfglib.ConfigError("counterfactual targets need the task index of every train "
+                                 "history (split['train'], then split['dropped_train'])")
+    return idx
+
+
+def _markov_obs(env_name: str) -> bool:
+    import dicp_envs
+
+    return hasattr(dicp_envs.make(env_name)[0], "state_from_obs")
 
 
 def _loop(state, data, call, validator, mngr, cfg: TrainConfig, run_dir, progress) -> dict:

@@ -48,6 +48,11 @@ class Darkroom(GridEnv):
         state = EnvState(pos=pos, time=state.time + 1)
         return pos, state, reward, jnp.array(False), {}
 
+    def state_from_obs(self, obs: chex.Array) -> EnvState:
+        """The position is the whole state (time only ends episodes), so the outcome of any
+        action from a recorded observation can be computed (counterfactual targets)."""
+        return EnvState(pos=jnp.asarray(obs, jnp.int32), time=jnp.int32(0))
+
     def task_list(self) -> list[tuple[int, ...]]:
         return cells(self.grid_size)
 

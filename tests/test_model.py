@@ -13,6 +13,7 @@ from dicp_jax.model import (
     DICPTransformer,
     KVCache,
     ModelConfig,
+    branch_heads,
     init_cache,
     init_params,
     interleave,
@@ -195,3 +196,19 @@ def test_two_caches_attended_jointly(setup):
     out, _ = model.apply({"params": params}, rest, caches=(shared, beam))
     np.testing.assert_allclose(out.obs_logits, full.obs_logits[12:], atol=2e-5)
     assert isinstance(beam, KVCache)
+
+
+def test_branch_heads_see_the_context_up_to_their_state_token(setup):
+    """A branch token with the action actually taken is the real action token: same keys
+    seen (S_0..S_t, A_0..A_(t-1)), same heads; with another action it differs."""
+    model, params = setup
+    tok = random_tokens(jax.random.PRNGKey(7), 9)
+    heads, kv = model.apply({"params": params}, tok)
+    key = jax.random.PRNGKey(0)
+    same = branch_heads(model.model, params, tok, kv, tok.action[1::2], key)
+    np.testing.assert_allclose(same.reward_logits[:, 0], heads.reward_logits[1::2],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(same.obs_logits[:, 0], heads.obs_logits[1::2],
+                               rtol=1e-5, atol=1e-5)
+    other = branch_heads(model.model, params, tok, kv, (tok.action[1::2] + 1) % 5, key)
+    assert not np.allclose(other.reward_logits[:, 0], heads.reward_logits[1::2])

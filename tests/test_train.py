@@ -214,3 +214,34 @@ def test_data_parallel_matches_single_device(tmp_path):
     res = subprocess.run([sys.executable, "-c", SCRIPT.replace("{TMP}", str(tmp_path))],
                          env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+def test_counterfactual_targets(tmp_path, hist):
+    """Another action than the learner's at every step, with the env's true outcome; the
+    draw depends on the task, not the batch; Key-to-Door (key state hidden) is refused.
+    Training on them runs and validation reports the counterfactual metrics."""
+    import dicp_envs
+    from dicp_envs.grid import MOVES
+    from dicp_jax.data import counterfactuals
+
+    train_h, test_h = hist
+    idx = [3, 40, 77]
+    a, r, nobs = counterfactuals("darkroom", train_h, idx, seed=0)
+    obs, act = np.asarray(train_h.obs, np.int32), np.asarray(train_h.action)
+    assert a.shape == act.shape and (a != act).all() and ((a >= 0) & (a < 5)).all()
+    np.testing.assert_array_equal(nobs, np.clip(obs + MOVES[a.astype(np.int64)], 0, 8))
+    goals = np.asarray(dicp_envs.make("darkroom")[0].task_list())[idx]
+    np.testing.assert_array_equal(r, (nobs == goals[:, None, None]).all(-1))
+    alone = counterfactuals("darkroom", jax.tree.map(lambda x: x[1:2], train_h), [40], seed=0)
+    np.testing.assert_array_equal(alone[0][0], a[1])
+    with pytest.raises(ConfigError, match="state_from_obs"):
+        counterfactuals("dark_key_to_door", train_h, [0, 1, 2])
+    split = {"seed": None, "train": idx, "test": [10]}
+    val = train("darkroom", "synthetic", tmp_path / "cf", replace(QUICK, counterfactual=1.0),
+                TINY, histories=(train_h, test_h, split), progress=False)
+    assert 0.0 <= val["cf_reward_acc"] <= 1.0 and "cf_false_alarm" in val
+    logged = [json.loads(x) for x in (tmp_path / "cf" / "metrics.jsonl").read_text().splitlines()]
+    assert any("cf_reward_loss" in m for m in logged)
+    with pytest.raises(ConfigError, match="task index"):
+        train("darkroom", "synthetic", tmp_path / "cf2", replace(QUICK, counterfactual=1.0),
+              TINY, histories=(train_h, test_h, {"seed": None}), progress=False)
