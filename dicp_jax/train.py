@@ -386,8 +386,9 @@ def _loop(state, data, call, validator, mngr, cfg: TrainConfig, run_dir, progres
         if step % cfg.eval_every == 0 or step == cfg.steps:
             val = validator(state["params"])
             ckpt.append_metrics(run_dir, {"step": step, "val": val})
-            bar.write(f"step {step}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in val.items() if not isinstance(v, dict)))
+            bar.write(f"step {step}: " + ", ".join(  # None: no such position sampled
+                f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in val.items()
+                if not isinstance(v, dict)))
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             ckpt.save(mngr, step, state)
     bar.close()
