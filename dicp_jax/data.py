@@ -71,7 +71,7 @@ def counterfactuals(env_name: str, history, task_index, seed: int = 0):
     from dicp_jax.config import ConfigError
 
     env, _ = dicp_envs.make(env_name)
-    if not hasattr(env, "state_from_obs"):
+    if not observation_is_state(env_name):
         raise ConfigError(f"counterfactual targets need an env whose observation is its state "
                           f"(state_from_obs); {env_name} has none")
     task_index = np.asarray(task_index, np.int64)
@@ -82,6 +82,13 @@ def counterfactuals(env_name: str, history, task_index, seed: int = 0):
     a, r, nobs = jax.device_get(out)
     return (a.astype(np.int8), r.astype(np.asarray(history.reward).dtype),
             nobs.astype(np.asarray(history.obs).dtype))
+
+
+def observation_is_state(env_name: str) -> bool:
+    """Whether the env can rebuild its state from an observation (``state_from_obs``)."""
+    import dicp_envs
+
+    return hasattr(dicp_envs.make(env_name)[0], "state_from_obs")
 
 
 @functools.lru_cache(maxsize=4)
@@ -349,5 +356,5 @@ def _stats_impl(model, params, tokens, targets, seen):
 
 
 __all__ = ["Targets", "TrainData", "Validator", "after_reward", "counterfactuals",
-           "gather_windows", "goal_seen", "prepare", "return_to_go", "sample_indices",
-           "synthetic_history", "to_device", "window"]
+           "gather_windows", "goal_seen", "observation_is_state", "prepare", "return_to_go",
+           "sample_indices", "synthetic_history", "to_device", "window"]

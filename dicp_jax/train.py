@@ -28,6 +28,7 @@ from dicp_jax.data import (
     Validator,
     counterfactuals,
     gather_windows,
+    observation_is_state,
     prepare,
     sample_indices,
     to_device,
@@ -330,7 +331,7 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     if train_cfg.counterfactual > 0:
         train_cf = counterfactuals(env_name, train_h, _train_task_index(split, train_h),
                                    train_cfg.seed)
-    if "test" in split and _markov_obs(env_name):  # validation reports them for every run
+    if "test" in split and observation_is_state(env_name):  # validation reports them for every run
         test_cf = counterfactuals(env_name, test_h, split["test"], train_cfg.seed + 1)
     data = to_device(prepare(train_h, mesh.size, split.get("imitate"), train_cf), mesh)
     shape = (train_h.action.shape[0],) + tuple(train_h.action.shape[1:])
@@ -356,12 +357,6 @@ def _train_task_index(split: dict, train_h) -> list[int]:
         raise cfglib.ConfigError("counterfactual targets need the task index of every train "
                                  "history (split['train'], then split['dropped_train'])")
     return idx
-
-
-def _markov_obs(env_name: str) -> bool:
-    import dicp_envs
-
-    return hasattr(dicp_envs.make(env_name)[0], "state_from_obs")
 
 
 def _loop(state, data, call, validator, mngr, cfg: TrainConfig, run_dir, progress) -> dict:
