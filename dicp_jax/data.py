@@ -343,7 +343,7 @@ def _stats_impl(model, params, tokens, targets, seen):
         key = jax.random.PRNGKey(0)  # deterministic: no dropout
         bh = jax.vmap(lambda t, v, a: branch_heads(model, params, t, v, a, key))(
             tokens, kv, targets.cf_action)
-        cf_ok = codec.reward_correct(bh.reward_logits[:, :, 0], targets.cf_reward)
+        cf_ok = codec.reward_correct(bh.reward_logits, targets.cf_reward)
         cf_pos = targets.cf_reward > 0
         cf_neg = ~cf_pos & after_reward(targets.reward)
         cf = {"cf_ok": f(cf_ok), "cf_rewarding": f(cf_pos), "cf_rewarding_ok": f(cf_pos & cf_ok),

@@ -289,15 +289,14 @@ def branch_heads(model: DICPTransformer, params, tokens: Tokens, kv: NewKV, acti
     dynamics targets, their validation). ``kv`` is the sequence's own ``NewKV``; A_t is
     hidden by moving action tokens one position later in the mask only (their keys keep
     their RoPE positions). One pass: the n branch tokens do not see each other
-    (``branches``). Returns Heads with leading [n, 1]."""
+    (``branches``). Returns Heads with leading [n]."""
     pos = token_pos(tokens)
     cache = KVCache(kv.k, kv.v, tokens.step.astype(jnp.int32), pos + tokens.kind)
     branch = jax.vmap(action_token, (None, 0, 0))(model.codec.obs_dim, actions,
                                                    tokens.step[0::2])
     branch = jax.tree.map(lambda a: a[:, 0], branch)  # n tokens [n, ...]
-    heads = model.apply({"params": params}, branch, caches=(cache,), deterministic=deterministic,
-                        branches=True, rngs={"dropout": key})[0]
-    return jax.tree.map(lambda a: a[:, None], heads)
+    return model.apply({"params": params}, branch, caches=(cache,), deterministic=deterministic,
+                       branches=True, rngs={"dropout": key})[0]
 
 
 def interleave(obs: Array, prev_reward: Array, first: Array, action: Array,

@@ -179,9 +179,9 @@ def losses(model, params, tokens, targets, key, lam: float, deterministic: bool 
     if cf_weight > 0:
         branch = jax.vmap(lambda t, v, c, k: branch_heads(model, params, t, v, c, k,
                                                           deterministic))
-        bh = branch(tokens, kv, targets.cf_action, keys)  # heads [B, n, 1, ...]
-        cf_rew = mean(codec.reward_loss(bh.reward_logits[:, :, 0], targets.cf_reward))
-        cf_obs = mean(codec.obs_loss(bh.obs_logits[:, :, 0], targets.cf_next_obs))
+        bh = branch(tokens, kv, targets.cf_action, keys)  # heads [B, n, ...]
+        cf_rew = mean(codec.reward_loss(bh.reward_logits, targets.cf_reward))
+        cf_obs = mean(codec.obs_loss(bh.obs_logits, targets.cf_next_obs))
         total = total + lam * cf_weight * (cf_rew + cf_obs)
         metrics.update(cf_reward_loss=cf_rew, cf_obs_loss=cf_obs)
     return total, {"loss": total, **metrics}

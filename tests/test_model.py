@@ -206,9 +206,9 @@ def test_branch_heads_see_the_context_up_to_their_state_token(setup):
     heads, kv = model.apply({"params": params}, tok)
     key = jax.random.PRNGKey(0)
     same = branch_heads(model.model, params, tok, kv, tok.action[1::2], key)
-    np.testing.assert_allclose(same.reward_logits[:, 0], heads.reward_logits[1::2],
+    np.testing.assert_allclose(same.reward_logits, heads.reward_logits[1::2],
                                rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(same.obs_logits[:, 0], heads.obs_logits[1::2],
+    np.testing.assert_allclose(same.obs_logits, heads.obs_logits[1::2],
                                rtol=1e-5, atol=1e-5)
     other = branch_heads(model.model, params, tok, kv, (tok.action[1::2] + 1) % 5, key)
-    assert not np.allclose(other.reward_logits[:, 0], heads.reward_logits[1::2])
+    assert not np.allclose(other.reward_logits, heads.reward_logits[1::2])
