@@ -19,8 +19,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dicp_jax.config import ConfigError
 from dicp_jax.model import token_pos
-from dicp_jax.planner import PlanConfig, action_token, beam_search, state_token
+from dicp_jax.planner import (
+    Context,
+    PlanConfig,
+    action_token,
+    beam_search,
+    empty_context,
+    remember,
+    state_token,
+)
 from dicp_jax.rng import task_keys
 from dicp_jax.world_model import WorldModel
 
@@ -32,11 +41,11 @@ class EvalConfig:
     greedy: bool = False  # policy mode: argmax instead of sampling from the imitation head
     plan: PlanConfig = PlanConfig()
     plan_start: int | None = None  # real transitions in context before planning (None: n_transit)
-    # Plan only while the real context holds a rewarded transition, else act with the policy:
-    # with rewards unseen, the world model's reward predictions carry no evidence, and
-    # planning towards its false alarms replaced the imitated exploration (DICP never found
-    # goals AD finds by episode 15-30).
-    plan_needs_reward: bool = False
+    # While the real context holds no rewarded transition: "plan" on predicted rewards (the
+    # paper), act with the imitation "policy" (with rewards unseen, the predictions carry no
+    # evidence, and planning towards their false alarms replaced the imitated exploration),
+    # or "explore": plan towards the observations the context has arrived at least often.
+    before_reward: Literal["plan", "policy", "explore"] = "plan"
     trajectories: bool = False  # also return per-step observations, actions and rewards
 
     def validate(self) -> None:
@@ -44,6 +53,9 @@ class EvalConfig:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.planner not in ("policy", "beam"):
             raise ValueError(f"planner must be 'policy' or 'beam', got {self.planner!r}")
+        if self.before_reward not in ("plan", "policy", "explore"):
+            raise ValueError("before_reward must be 'plan', 'policy' or 'explore', "
+                             f"got {self.before_reward!r}")
         if self.plan_start is not None and self.plan_start < 0:
             raise ValueError(f"plan_start must be >= 0 or None, got {self.plan_start}")
         self.plan.validate()
@@ -63,13 +75,23 @@ class Carry(NamedTuple):
     first: jax.Array
     step: jax.Array
     last_reward_step: jax.Array  # step of the latest rewarded transition (-n_transit - 1: none)
+    context: Context  # the last n_transit + 1 state tokens' observations and arrival rewards
     cache: Any
     key: jax.Array
+
+
+def check_env(env: Any, cfg: EvalConfig) -> None:
+    """Refuse options the env cannot support (called before any collection or training)."""
+    if cfg.planner == "beam" and cfg.plan.reward_memory and not hasattr(env, "state_from_obs"):
+        raise ConfigError(
+            f"reward_memory assumes the observation is the state (a reward is the arrival's), "
+            f"which {type(env).__name__} does not satisfy (e.g. a hidden key); turn it off")
 
 
 def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
                  n_transit: int) -> Callable[[Any, jax.Array], Rollout]:
     """One task's meta-test: ``rollout(env_params, key) -> Rollout`` (pure, vmappable)."""
+    check_env(env, cfg)
     length = 2 * n_transit
     plan_start = n_transit if cfg.plan_start is None else cfg.plan_start
     n_steps = cfg.episodes * env.horizon
@@ -80,22 +102,27 @@ def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
         cache = wm.write(carry.cache, entries, tok, token_pos(tok) % length)
         logits = heads.action_logits[0]
         key_policy, key_plan = jax.random.split(key)
+        context = remember(carry.context, carry.step % (n_transit + 1), carry.obs,
+                           carry.prev_reward, carry.first)
         if cfg.greedy:
             action = jnp.argmax(logits).astype(jnp.int32)
         else:
             action = jax.random.categorical(key_policy, logits).astype(jnp.int32)
         if cfg.planner == "beam":
             steps_left = env.horizon - carry.env_state.time
+            # the context holds steps step - n_transit .. step - 1
+            rewarded = carry.last_reward_step >= carry.step - n_transit
+            explore = (cfg.before_reward == "explore") & ~rewarded
             planned = beam_search(wm, codec, cfg.plan, cache, logits, carry.step, steps_left,
-                                  key_plan)
+                                  key_plan, context, explore)
             plan = carry.step >= plan_start
-            if cfg.plan_needs_reward:  # the context holds steps step - n_transit .. step - 1
-                plan &= carry.last_reward_step >= carry.step - n_transit
+            if cfg.before_reward == "policy":
+                plan &= rewarded
             action = jnp.where(plan, planned, action)
         tok = action_token(codec.obs_dim, action, carry.step)
         _, entries = wm.decode(tok, (cache,))
         cache = wm.write(cache, entries, tok, token_pos(tok) % length)
-        return carry._replace(cache=cache), action
+        return carry._replace(cache=cache, context=context), action
 
     def step(carry: Carry, _: None, params: Any):
         key, key_act, key_env = jax.random.split(carry.key, 3)
@@ -104,15 +131,16 @@ def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
             key_env, carry.env_state, action, params)
         done = terminated | truncated
         last_reward_step = jnp.where(reward > 0, carry.step, carry.last_reward_step)
-        new = Carry(env_state, obs, reward.astype(jnp.float32), done, carry.step + 1,
-                    last_reward_step, carry.cache, carry.key)
+        new = carry._replace(env_state=env_state, obs=obs, prev_reward=reward.astype(jnp.float32),
+                             first=done, step=carry.step + 1, last_reward_step=last_reward_step)
         return new, (carry.obs, action, reward)
 
     def rollout(params: Any, key: jax.Array) -> Rollout:
         key_reset, key = jax.random.split(key)
         obs, env_state = env.reset(key_reset, params)
         carry = Carry(env_state, obs, jnp.float32(0.0), jnp.array(True), jnp.int32(0),
-                      jnp.int32(-n_transit - 1), wm.init_cache(length), key)
+                      jnp.int32(-n_transit - 1), empty_context(n_transit + 1, codec.obs_dim),
+                      wm.init_cache(length), key)
         _, (obs_seq, actions, rewards) = jax.lax.scan(
             lambda c, x: step(c, x, params), carry, None, length=n_steps)
         # Episodes end only at the horizon, so they tile the step axis exactly.

@@ -90,7 +90,7 @@ def experiment_tasks(exp: Experiment) -> np.ndarray:
 def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, Any]:
     """The typed config of every stage, built from the experiment's overrides."""
     import dicp_envs
-    from dicp_jax.evaluate import EvalConfig
+    from dicp_jax.evaluate import EvalConfig, check_env
     from dicp_jax.planner import PlanConfig
     from dicp_jax.ppo import paper_ppo_config
     from dicp_jax.train import preset_configs
@@ -111,8 +111,9 @@ def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, 
         return dataclasses.replace(cfglib.replace(EvalConfig(), **rest), plan=plan,
                                    planner=planner)
 
-    return dict(ppo=ppo, model=model, train=train, dicp=eval_cfg(exp.dicp, "beam"),
-                ad=eval_cfg(exp.ad, "policy"))
+    dicp, ad = eval_cfg(exp.dicp, "beam"), eval_cfg(exp.ad, "policy")
+    check_env(dicp_envs.make(exp.env)[0], dicp)
+    return dict(ppo=ppo, model=model, train=train, dicp=dicp, ad=ad)
 
 
 def _dataset_ok(env_name: str, data_dir: Path, ppo: Any, tasks: np.ndarray) -> bool:

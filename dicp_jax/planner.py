@@ -14,6 +14,16 @@ context of the same length as in training.
 
 The stable sort is the tie rule: when the world model expects no reward anywhere, every
 score ties and the plan's first action is the policy's top action (plain AD behaviour).
+
+Two additions beyond the paper read the real context window exactly (``Context``):
+
+- ``explore`` scores a beam by the novelty of its imagined arrivals, ``1 / (1 + visits)``
+  with visits counted in the window and along the beam (in-context count-based
+  exploration; the meta-test uses it while no reward is in context);
+- ``reward_memory`` gives an imagined arrival at an observation the window has already
+  arrived at the reward observed there instead of the predicted one, so a false alarm on a
+  visited cell cannot draw the agent back (valid where a reward is a function of the
+  arrival observation: Darkroom, Darkroom-Permuted).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ class PlanConfig:
     greedy: bool = False  # rank actions by a sample w/o replacement (paper) or by probability
     leaf_value: bool = False  # add predicted return-to-go beyond the last imagined reward
     reward_estimate: Literal["argmax", "expected"] = "argmax"
+    reward_memory: bool = False  # imagined arrivals the context has seen take its reward
 
     def validate(self) -> None:
         if self.beam_size < 1:
@@ -86,6 +97,42 @@ def top_k(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return order, valid & jnp.isfinite(scores[order])
 
 
+class Context(NamedTuple):
+    """The observations the real context window arrived at, as a ring of ``S`` slots."""
+
+    obs: jax.Array  # int32 [S, obs_dim]: -1 in empty slots (no real observation matches)
+    reward: jax.Array  # float32 [S]: reward of the arrival; nan after a reset (no arrival)
+
+
+def empty_context(size: int, obs_dim: int) -> Context:
+    return Context(jnp.full((size, obs_dim), -1, jnp.int32), jnp.full((size,), jnp.nan))
+
+
+def remember(ctx: Context, slot: jax.Array, obs: jax.Array, reward: jax.Array,
+             first: jax.Array) -> Context:
+    """Store the current state token's observation and the reward of arriving at it."""
+    return Context(ctx.obs.at[slot].set(obs.astype(jnp.int32)),
+                   ctx.reward.at[slot].set(jnp.where(first, jnp.nan, reward)))
+
+
+def matches(obs: jax.Array, known: jax.Array) -> jax.Array:
+    """``obs [N, D]`` equals row s of ``known [S, D]`` -> bool ``[N, S]``."""
+    return jnp.all(obs[:, None, :] == known[None], axis=-1)
+
+
+def arrivals(ctx: Context, obs: jax.Array) -> jax.Array:
+    """Context slots that arrived at ``obs [N, D]`` (a reset is no arrival) -> bool [N, S].
+
+    The start cell counts as unvisited until a step ends there: its reward is unknown."""
+    return matches(obs, ctx.obs) & ~jnp.isnan(ctx.reward)[None]
+
+
+def recall(ctx: Context, obs: jax.Array, predicted: jax.Array) -> jax.Array:
+    """The observed reward of arriving at ``obs [N, D]`` where the context has it."""
+    hit = arrivals(ctx, obs)
+    return jnp.where(hit.any(-1), ctx.reward[jnp.argmax(hit, -1)], predicted)
+
+
 class Beams(NamedTuple):
     first_action: jax.Array  # int32 [K]
     cum_reward: jax.Array  # float32 [K]: predicted rewards summed along the beam
@@ -93,29 +140,37 @@ class Beams(NamedTuple):
     last_rtg: jax.Array  # float32 [K]
     obs: jax.Array  # int32 [K, obs_dim]: predicted observation after the last action
     valid: jax.Array  # bool [K]
+    novelty: jax.Array  # float32 [K]: sum of 1 / (1 + visits) over the beam's imagined arrivals
+    path: jax.Array  # int32 [K, depth, obs_dim]: the beam's imagined observations (-1: none)
     cache: Any  # per-beam imagined-token cache, leading axis K
 
 
-def _score(beams: Beams, leaf_value: bool) -> jax.Array:
+def _score(beams: Beams, leaf_value: bool, explore: jax.Array) -> jax.Array:
     score = beams.cum_reward
     if leaf_value:
         score = score - beams.last_reward + beams.last_rtg
-    return jnp.where(beams.valid, score, -jnp.inf)
+    return jnp.where(beams.valid, jnp.where(explore, beams.novelty, score), -jnp.inf)
 
 
 def beam_search(wm: WorldModel, codec: Any, cfg: PlanConfig, real_cache: Any,
                 action_logits: jax.Array, step: jax.Array, steps_left: jax.Array,
-                key: jax.Array) -> jax.Array:
+                key: jax.Array, context: Context | None = None,
+                explore: jax.Array | bool = False) -> jax.Array:
     """First action of the best imagined plan from the current real state.
 
     ``real_cache`` already holds the current state token (step ``step``), whose policy
     logits are ``action_logits [A]``; ``steps_left`` (>= 1) bounds the depth at the episode's
-    horizon. Everything is batched over beams and candidates; depth is a ``lax.scan``.
+    horizon. ``explore`` scores beams by novelty instead of predicted reward; ``context``
+    (needed by ``explore`` and ``reward_memory``) is what the real window has seen.
+    Everything is batched over beams and candidates; depth is a ``lax.scan``.
     """
     n_actions, k, obs_dim = codec.n_actions, cfg.beam_size, codec.obs_dim
     chex.assert_shape(action_logits, (n_actions,))
     key_root, key_scan = jax.random.split(key)
     empty = wm.init_cache(2 * cfg.depth)
+    if context is None:
+        context = empty_context(1, obs_dim)
+    chex.assert_shape(context.obs, (None, obs_dim))
 
     def expand(beam_cache: Any, order: jax.Array, d: jax.Array):
         """Decode the action tokens ``order [A]`` at imagined depth ``d`` of one beam."""
@@ -125,11 +180,24 @@ def beam_search(wm: WorldModel, codec: Any, cfg: PlanConfig, real_cache: Any,
             heads, entries = wm.decode(tok, (real_cache, beam_cache))
             return (*predict(codec, heads, cfg), entries, tok)
 
-        return jax.vmap(one)(order)
+        reward, obs, *rest = jax.vmap(one)(order)
+        if cfg.reward_memory:
+            reward = recall(context, obs, reward)
+        return (reward, obs, *rest)
 
-    def select(parent_beams: Beams, parent: jax.Array, children: tuple, flat_scores: jax.Array,
-               d: jax.Array) -> Beams:
+    def scores(parent_beams: Beams, parent: jax.Array, children: tuple):
+        """Children's scores and novelty counts, leading ``[K * A]`` (or ``[A]`` at the root)."""
+        reward, obs, rtg = children[:3]
+        visits = arrivals(context, obs).sum(-1) + jax.vmap(
+            lambda o, path: matches(o[None], path).sum())(obs, parent_beams.path[parent])
+        novelty = parent_beams.novelty[parent] + 1.0 / (1.0 + visits)
+        value = parent_beams.cum_reward[parent] + (rtg if cfg.leaf_value else reward)
+        score = jnp.where(explore, novelty, value)
+        return jnp.where(parent_beams.valid[parent], score, -jnp.inf), novelty
+
+    def select(parent_beams: Beams, parent: jax.Array, children: tuple, d: jax.Array) -> Beams:
         reward, obs, rtg, entries, toks = children  # leading [K * A] (or [A] at the root)
+        flat_scores, novelty = scores(parent_beams, parent, children)
         idx, valid = top_k(flat_scores, k)
         pick = lambda x: x[idx]
         caches = jax.vmap(wm.write)(
@@ -142,6 +210,7 @@ def beam_search(wm: WorldModel, codec: Any, cfg: PlanConfig, real_cache: Any,
             cum_reward=jnp.where(valid, parent_beams.cum_reward[parent[idx]] + reward[idx],
                                  -jnp.inf),
             last_reward=reward[idx], last_rtg=rtg[idx], obs=obs[idx], valid=valid,
+            novelty=novelty[idx], path=parent_beams.path[parent[idx]].at[:, d].set(obs[idx]),
             cache=caches,
         )
 
@@ -151,11 +220,11 @@ def beam_search(wm: WorldModel, codec: Any, cfg: PlanConfig, real_cache: Any,
         first_action=root_order, cum_reward=jnp.zeros((n_actions,)),
         last_reward=jnp.zeros((n_actions,)), last_rtg=jnp.zeros((n_actions,)),
         obs=jnp.zeros((n_actions, obs_dim), jnp.int32), valid=jnp.ones((n_actions,), bool),
+        novelty=jnp.zeros((n_actions,)), path=jnp.full((n_actions, cfg.depth, obs_dim), -1),
         cache=jax.tree.map(lambda c: jnp.broadcast_to(c, (n_actions, *c.shape)), empty),
     )
-    _leaf = lambda kids: kids[2] if cfg.leaf_value else kids[0]  # rtg or reward
     children = expand(empty, root_order, jnp.int32(0))
-    beams = select(root, jnp.arange(n_actions), children, _leaf(children), jnp.int32(0))
+    beams = select(root, jnp.arange(n_actions), children, jnp.int32(0))
 
     def deepen(beams: Beams, xs: tuple[jax.Array, jax.Array]) -> tuple[Beams, None]:
         d, key_d = xs
@@ -171,13 +240,12 @@ def beam_search(wm: WorldModel, codec: Any, cfg: PlanConfig, real_cache: Any,
         caches, _, kids = jax.vmap(grow)(beams.cache, beams.obs, beams.last_reward, keys)
         flat = jax.tree.map(lambda x: x.reshape(k * n_actions, *x.shape[2:]), kids)
         parent = jnp.repeat(jnp.arange(k), n_actions)
-        scores = jnp.where(beams.valid, beams.cum_reward, -jnp.inf)[parent] + _leaf(flat)
-        new = select(beams._replace(cache=caches), parent, flat, scores, d)
+        new = select(beams._replace(cache=caches), parent, flat, d)
         active = d < steps_left
         return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, beams), None
 
     depths = jnp.arange(1, cfg.depth, dtype=jnp.int32)
     beams, _ = jax.lax.scan(deepen, beams, (depths, jax.random.split(key_scan, cfg.depth - 1)))
-    best = jnp.argsort(-_score(beams, cfg.leaf_value), stable=True)[0]
+    best = jnp.argsort(-_score(beams, cfg.leaf_value, explore), stable=True)[0]
     return beams.first_action[best]
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from dicp_jax.config import ConfigError, to_dict
 from dicp_jax.experiment import load_experiment, run_experiment, stage_configs
 from dicp_jax.results import markdown, plot, summarise
 
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
 
 def _write(tmp_path, **data):
     path = tmp_path / "exp.json"
@@ -22,9 +25,20 @@ def _write(tmp_path, **data):
     return str(path)
 
 
-def test_shipped_experiments_load():
-    for name in ("darkroom", "darkroom_paper", "dark_key_to_door", "darkroom_permuted"):
-        assert load_experiment(name).env in name
+def test_shipped_experiments_load_and_build_their_stage_configs():
+    names = sorted(p.stem for p in EXPERIMENTS.glob("*.json"))
+    assert {"darkroom", "darkroom_paper", "dark_key_to_door", "darkroom_permuted"} <= set(names)
+    for name in names:
+        exp = load_experiment(name)
+        assert exp.env in name
+        stage_configs(exp)  # every override names a real field with a valid value
+
+
+def test_reward_memory_on_key_to_door_fails_before_any_work(tmp_path):
+    path = tmp_path / "k2d.json"
+    path.write_text(json.dumps({"env": "dark_key_to_door", "dicp": {"reward_memory": True}}))
+    with pytest.raises(ConfigError, match="reward_memory"):
+        stage_configs(load_experiment(str(path)))
 
 
 @pytest.mark.parametrize("data, match", [

@@ -9,6 +9,7 @@ import pytest
 
 import dicp_envs
 from dicp_jax.codec import codec_for
+from dicp_jax.config import ConfigError
 from dicp_jax.evaluate import EvalConfig, make_rollout
 from dicp_jax.model import DICPTransformer, ModelConfig, init_params
 from dicp_jax.planner import PlanConfig, beam_search, state_token
@@ -19,19 +20,20 @@ FIXED_PREFERENCE = jnp.array([0.3, 2.0, -1.0, 0.5, 1.0])  # policy's top action:
 
 
 def oracle_returns(env, tasks, plan: PlanConfig, episodes: int = 1, zero_reward=False,
-                   **eval_options):
-    """One oracle-planned rollout per task (planning from the first step)."""
+                   believed=None, **eval_options):
+    """One oracle-planned rollout per task (planning from the first step); the oracle knows
+    the dynamics of ``believed`` tasks (default: the true ones)."""
     codec = codec_for(env)
     cfg = EvalConfig(episodes=episodes, planner="beam", plan=plan, plan_start=0,
                      **eval_options)
 
-    def run(task, key):
-        wm = oracle(env, task, FIXED_PREFERENCE, zero_reward=zero_reward)
+    def run(task, model_task, key):
+        wm = oracle(env, model_task, FIXED_PREFERENCE, zero_reward=zero_reward)
         return make_rollout(env, wm, codec, cfg, n_transit=4 * env.horizon)(task, key)
 
     n = jax.tree.leaves(tasks)[0].shape[0]
     keys = jax.random.split(jax.random.PRNGKey(0), n)
-    return jax.jit(jax.vmap(run))(tasks, keys)
+    return jax.jit(jax.vmap(run))(tasks, tasks if believed is None else believed, keys)
 
 
 def test_oracle_planner_takes_shortest_paths_on_darkroom():
@@ -80,8 +82,9 @@ def test_all_zero_reward_model_follows_the_policy_top_action():
     assert float(out.returns.sum()) == 0.0
 
 
-@pytest.mark.parametrize("leaf_value", [False, True])
-def test_cached_and_uncached_planning_choose_the_same_actions(leaf_value):
+@pytest.mark.parametrize("leaf_value,before_reward,memory",
+                         [(False, "plan", False), (True, "plan", False), (False, "explore", True)])
+def test_cached_and_uncached_planning_choose_the_same_actions(leaf_value, before_reward, memory):
     env, _ = dicp_envs.make("darkroom")
     codec = codec_for(env)
     # The context never wraps here: past the window, a key/value cache is a sliding-window
@@ -90,7 +93,9 @@ def test_cached_and_uncached_planning_choose_the_same_actions(leaf_value):
     model = DICPTransformer(mcfg, codec)
     params = init_params(model, jax.random.PRNGKey(3))
     cfg = EvalConfig(episodes=2, planner="beam", plan_start=2, trajectories=True,
-                     plan=PlanConfig(beam_size=4, depth=3, greedy=False, leaf_value=leaf_value))
+                     before_reward=before_reward,
+                     plan=PlanConfig(beam_size=4, depth=3, greedy=False, leaf_value=leaf_value,
+                                     reward_memory=memory))
     task = jax.tree.map(lambda x: x[0], env.params_for(np.array([[6, 3]])))
     key = jax.random.PRNGKey(7)
     runs = [jax.jit(make_rollout(env, wm, codec, cfg, mcfg.n_transit))(task, key)
@@ -99,7 +104,7 @@ def test_cached_and_uncached_planning_choose_the_same_actions(leaf_value):
     np.testing.assert_array_equal(np.asarray(runs[0].obs), np.asarray(runs[1].obs))
 
 
-def test_plan_needs_reward_acts_with_the_policy_until_a_reward_is_in_context():
+def test_before_reward_policy_acts_with_the_policy_until_a_reward_is_in_context():
     """The greedy policy walks x-1 from the centre (2, 2) of a 5x5 room. It reaches goal
     (0, 2) on its own; from the first reward on, the oracle plan holds the goal (optimal
     return). Goal (3, 2) lies behind it: gated, the planner never takes over (return 0),
@@ -108,7 +113,55 @@ def test_plan_needs_reward_acts_with_the_policy_until_a_reward_is_in_context():
     tasks = env.params_for(np.array([[0, 2], [3, 2]]))
     plan = PlanConfig(beam_size=25, depth=4)
     opt = np.asarray(env.optimal_return(tasks))
-    gated = oracle_returns(env, tasks, plan, episodes=2, greedy=True, plan_needs_reward=True)
+    gated = oracle_returns(env, tasks, plan, episodes=2, greedy=True, before_reward="policy")
     np.testing.assert_array_equal(np.asarray(gated.returns), [[opt[0]] * 2, [0, 0]])
     free = oracle_returns(env, tasks, plan, episodes=2, greedy=True)
     np.testing.assert_array_equal(np.asarray(free.returns), np.stack([opt, opt], 1))
+
+
+def test_explore_finds_every_goal_and_reward_memory_walks_back_to_it():
+    """A model that predicts no reward anywhere, so only the context can say where the goal
+    is. Exploring towards the cells steps have ended on least often finds each goal of a
+    5x5 room within 3 episodes (the start cell included: a reset is no arrival); reward
+    memory then holds it from the next episode on. The greedy policy alone only finds the
+    goals on its line."""
+    env, _ = dicp_envs.make("darkroom", grid_size=5, horizon=12)
+    tasks = env.params_for(np.asarray(env.task_list()))
+    plan = PlanConfig(beam_size=125, depth=4, reward_memory=True)  # exhaustive to depth 3
+    opt = np.asarray(env.optimal_return(tasks))
+    returns = np.asarray(oracle_returns(env, tasks, plan, episodes=4, zero_reward=True,
+                                        greedy=True, before_reward="explore").returns)
+    found = returns > 0
+    assert found[:, :3].any(1).all(), np.flatnonzero(~found[:, :3].any(1))
+    first = found.argmax(1)
+    for i in range(len(opt)):
+        np.testing.assert_array_equal(returns[i, first[i] + 1:], opt[i], err_msg=f"goal {i}")
+    policy = np.asarray(oracle_returns(env, tasks, plan, episodes=4, zero_reward=True,
+                                       greedy=True, before_reward="policy").returns)
+    assert (policy > 0).any(1).sum() <= 3  # the x-1 line from the centre: (2,2), (1,2), (0,2)
+
+
+def test_reward_memory_overrules_a_false_alarm_on_a_visited_cell():
+    """The oracle believes the goal is at (2, 0); it is at (4, 4). Without memory the planner
+    walks to the false goal and stays there in every episode; with it, the first unrewarded
+    arrival overrules the alarm."""
+    env, _ = dicp_envs.make("darkroom", grid_size=5, horizon=12)
+    tasks, believed = env.params_for(np.array([[4, 4]])), env.params_for(np.array([[2, 0]]))
+
+    def cells(memory: bool) -> np.ndarray:
+        out = oracle_returns(env, tasks, PlanConfig(beam_size=25, depth=4, reward_memory=memory),
+                             episodes=3, greedy=True, believed=believed, trajectories=True)
+        return np.asarray(out.obs[0]).reshape(3, env.horizon, 2)  # cell before each step
+
+    np.testing.assert_array_equal(cells(False)[:, -1], [[2, 0]] * 3)  # held every episode
+    held = (cells(True) == [2, 0]).all(-1)  # [episode, step]
+    assert held[0].any() and not held[:, -1].any(), held  # visited once, never held
+
+
+def test_reward_memory_is_refused_where_the_observation_hides_state():
+    env, _ = dicp_envs.make("dark_key_to_door", grid_size=3, horizon=10)
+    codec = codec_for(env)
+    task = jax.tree.map(lambda x: x[0], env.params_for(np.asarray(env.task_list()[:1])))
+    cfg = EvalConfig(plan=PlanConfig(reward_memory=True))
+    with pytest.raises(ConfigError, match="reward_memory"):
+        make_rollout(env, oracle(env, task, FIXED_PREFERENCE), codec, cfg, n_transit=8)
