@@ -5,7 +5,7 @@
    paper code's cost model, kept as ``world_model.uncached``), at ``n_transit`` 80, beam 10,
    depth 8, paper model size, batched over the 8 Darkroom test tasks.
 2. Meta-test throughput of the one-jit rollout (env steps/s over all test tasks), planner
-   on (beam) and off (policy).
+   off (policy), on (beam), and on with the context look-ups (explore + reward memory).
 
 Weights are random: cost does not depend on their values. Compile time is measured apart
 (AOT ``lower().compile()``); runs are best of ``--repeats`` with ``block_until_ready``.
@@ -17,6 +17,7 @@ Weights are random: cost does not depend on their values. Compile time is measur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -96,8 +97,12 @@ def throughput(model, params, codec, mcfg, env, plan: PlanConfig, episodes: int,
     tasks = env.params_for(np.asarray(env.task_list())[idx])
     keys = task_keys(jax.random.PRNGKey(0), idx)
     rows = {}
-    for planner in ("policy", "beam"):
-        cfg = EvalConfig(episodes=episodes, planner=planner, plan=plan, plan_start=0)
+    modes = {"policy": dict(planner="policy", plan=plan), "beam": dict(planner="beam", plan=plan),
+             # the Darkroom experiment's planner: novelty before a reward, reward memory
+             "beam+explore+memory": dict(planner="beam", before_reward="explore",
+                                         plan=dataclasses.replace(plan, reward_memory=True))}
+    for name, mode in modes.items():
+        cfg = EvalConfig(episodes=episodes, plan_start=0, **mode)
         evaluate = make_evaluate(env, lambda p: cached(model, p), codec, cfg, mcfg.n_transit)
         t0 = time.perf_counter()
         compiled = evaluate.lower(params, tasks, keys).compile()
@@ -108,7 +113,7 @@ def throughput(model, params, codec, mcfg, env, plan: PlanConfig, episodes: int,
             jax.block_until_ready(compiled(params, tasks, keys))
             best = min(best, time.perf_counter() - t0)
         n_steps = len(idx) * episodes * env.horizon
-        rows[planner] = dict(compile_s=compile_s, run_s=best, env_steps=n_steps,
+        rows[name] = dict(compile_s=compile_s, run_s=best, env_steps=n_steps,
                              env_steps_per_s=n_steps / best, tasks=len(idx), episodes=episodes)
     return rows
 

@@ -1,0 +1,74 @@
+"""The session-7 look-ups without a learned model: how much of DICP's result they carry.
+
+The Darkroom experiment's planner (beam 10, depth 8, ``before_reward="explore"``,
+``reward_memory``) runs on the 40 test goals of splits 0-4 with the *true* dynamics behind
+the world-model interface (``tests/oracle.py``) but no learned policy or reward: actions are
+ranked in a uniformly random order and every predicted reward is 0, so only the novelty and
+the recalled rewards steer. Same meta-test keys as the experiment (seed 0).
+
+    python benchmarks/lookups_only.py [--episodes 50] [--out benchmarks/results/lookups_only.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.oracle
+
+import dicp_envs  # noqa: E402
+from dicp_jax.codec import codec_for  # noqa: E402
+from dicp_jax.evaluate import EvalConfig, make_rollout  # noqa: E402
+from dicp_jax.planner import PlanConfig  # noqa: E402
+from dicp_jax.rng import task_keys  # noqa: E402
+from tests.oracle import oracle  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "lookups_only.json"
+BANDS = [(1, 5), (6, 10), (11, 25), (26, 50)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--splits", default="0,1,2,3,4")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    env, _ = dicp_envs.make("darkroom")
+    codec = codec_for(env)
+    cfg = EvalConfig(episodes=args.episodes, planner="beam", plan_start=0,
+                     before_reward="explore",
+                     plan=PlanConfig(beam_size=10, depth=8, reward_memory=True))
+
+    def run(task, key):
+        wm = oracle(env, task, jnp.zeros(env.num_actions), zero_reward=True)
+        return make_rollout(env, wm, codec, cfg, n_transit=80)(task, key)
+
+    rollout = jax.jit(jax.vmap(run))
+    returns, optimal = [], []
+    for split in (int(s) for s in args.splits.split(",")):
+        idx = np.asarray(dicp_envs.split_indices("darkroom", "test", seed=split))
+        tasks = env.params_for(np.asarray(env.task_list())[idx])
+        returns.append(np.asarray(rollout(tasks, task_keys(jax.random.PRNGKey(0), idx)).returns))
+        optimal.append(np.asarray(env.optimal_return(tasks)))
+    returns, optimal = np.concatenate(returns), np.concatenate(optimal)
+    bands = {f"ep {a}-{b}": float((returns[:, a - 1:b].mean(1) / optimal).mean())
+             for a, b in BANDS if b <= args.episodes}
+    for name, frac in bands.items():
+        print(f"{name}: {frac:.0%} of optimal")
+    print("mean return at episodes 10 / 25 / 50:",
+          " / ".join(f"{returns[:, e - 1].mean():.2f}" for e in (10, 25, 50) if e <= args.episodes))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"splits": args.splits, "tasks": len(optimal),
+                                    "fraction_of_optimal": bands,
+                                    "returns": returns.tolist(), "optimal": optimal.tolist()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
