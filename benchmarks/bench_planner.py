@@ -114,7 +114,7 @@ def throughput(model, params, codec, mcfg, env, plan: PlanConfig, episodes: int,
             best = min(best, time.perf_counter() - t0)
         n_steps = len(idx) * episodes * env.horizon
         rows[name] = dict(compile_s=compile_s, run_s=best, env_steps=n_steps,
-                             env_steps_per_s=n_steps / best, tasks=len(idx), episodes=episodes)
+                          env_steps_per_s=n_steps / best, tasks=len(idx), episodes=episodes)
     return rows
 
 

@@ -10,7 +10,7 @@ device count and no host work happens per step. Return-to-go is precomputed once
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +71,7 @@ def counterfactuals(env_name: str, history, task_index, seed: int = 0):
     from dicp_jax.config import ConfigError
 
     env, _ = dicp_envs.make(env_name)
-    if not observation_is_state(env_name):
+    if not observation_is_state(env):
         raise ConfigError(f"counterfactual targets need an env whose observation is its state "
                           f"(state_from_obs); {env_name} has none")
     task_index = np.asarray(task_index, np.int64)
@@ -84,11 +84,10 @@ def counterfactuals(env_name: str, history, task_index, seed: int = 0):
             nobs.astype(np.asarray(history.obs).dtype))
 
 
-def observation_is_state(env_name: str) -> bool:
-    """Whether the env can rebuild its state from an observation (``state_from_obs``)."""
-    import dicp_envs
-
-    return hasattr(dicp_envs.make(env_name)[0], "state_from_obs")
+def observation_is_state(env: Any) -> bool:
+    """Whether the env can rebuild its state from an observation (``state_from_obs``), so
+    an observation says everything a transition's outcome depends on."""
+    return hasattr(env, "state_from_obs")
 
 
 @functools.lru_cache(maxsize=4)

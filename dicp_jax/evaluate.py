@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dicp_jax.config import ConfigError
+from dicp_jax.data import observation_is_state
 from dicp_jax.model import token_pos
 from dicp_jax.planner import (
     Context,
@@ -82,7 +83,7 @@ class Carry(NamedTuple):
 
 def check_env(env: Any, cfg: EvalConfig) -> None:
     """Refuse options the env cannot support (called before any collection or training)."""
-    if cfg.planner == "beam" and cfg.plan.reward_memory and not hasattr(env, "state_from_obs"):
+    if cfg.planner == "beam" and cfg.plan.reward_memory and not observation_is_state(env):
         raise ConfigError(
             f"reward_memory assumes the observation is the state (a reward is the arrival's), "
             f"which {type(env).__name__} does not satisfy (e.g. a hidden key); turn it off")

@@ -331,7 +331,10 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     if train_cfg.counterfactual > 0:
         train_cf = counterfactuals(env_name, train_h, _train_task_index(split, train_h),
                                    train_cfg.seed)
-    if "test" in split and observation_is_state(env_name):  # validation reports them for every run
+    import dicp_envs
+
+    # validation reports them for every run that can have them
+    if "test" in split and observation_is_state(dicp_envs.make(env_name)[0]):
         test_cf = counterfactuals(env_name, test_h, split["test"], train_cfg.seed + 1)
     data = to_device(prepare(train_h, mesh.size, split.get("imitate"), train_cf), mesh)
     shape = (train_h.action.shape[0],) + tuple(train_h.action.shape[1:])
