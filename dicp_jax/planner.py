@@ -136,20 +136,12 @@ def recall(ctx: Context, obs: jax.Array, predicted: jax.Array) -> jax.Array:
 class Beams(NamedTuple):
     first_action: jax.Array  # int32 [K]
     cum_reward: jax.Array  # float32 [K]: predicted rewards summed along the beam
-    last_reward: jax.Array  # float32 [K]
-    last_rtg: jax.Array  # float32 [K]
+    last_reward: jax.Array  # float32 [K]: the next imagined state token's previous reward
     obs: jax.Array  # int32 [K, obs_dim]: predicted observation after the last action
     valid: jax.Array  # bool [K]
     novelty: jax.Array  # float32 [K]: sum of 1 / (1 + visits) over the beam's imagined arrivals
     path: jax.Array  # int32 [K, depth, obs_dim]: the beam's imagined observations (-1: none)
     cache: Any  # per-beam imagined-token cache, leading axis K
-
-
-def _score(beams: Beams, leaf_value: bool, explore: jax.Array) -> jax.Array:
-    score = beams.cum_reward
-    if leaf_value:
-        score = score - beams.last_reward + beams.last_rtg
-    return jnp.where(beams.valid, jnp.where(explore, beams.novelty, score), -jnp.inf)
 
 
 def beam_search(wm: WorldModel, codec: Any, cfg: PlanConfig, real_cache: Any,
@@ -196,7 +188,7 @@ def beam_search(wm: WorldModel, codec: Any, cfg: PlanConfig, real_cache: Any,
         return jnp.where(parent_beams.valid[parent], score, -jnp.inf), novelty
 
     def select(parent_beams: Beams, parent: jax.Array, children: tuple, d: jax.Array) -> Beams:
-        reward, obs, rtg, entries, toks = children  # leading [K * A] (or [A] at the root)
+        reward, obs, _, entries, toks = children  # leading [K * A] (or [A] at the root)
         flat_scores, novelty = scores(parent_beams, parent, children)
         idx, valid = top_k(flat_scores, k)
         pick = lambda x: x[idx]
@@ -209,7 +201,7 @@ def beam_search(wm: WorldModel, codec: Any, cfg: PlanConfig, real_cache: Any,
             first_action=parent_beams.first_action[parent[idx]],
             cum_reward=jnp.where(valid, parent_beams.cum_reward[parent[idx]] + reward[idx],
                                  -jnp.inf),
-            last_reward=reward[idx], last_rtg=rtg[idx], obs=obs[idx], valid=valid,
+            last_reward=reward[idx], obs=obs[idx], valid=valid,
             novelty=novelty[idx], path=parent_beams.path[parent[idx]].at[:, d].set(obs[idx]),
             cache=caches,
         )
@@ -218,7 +210,7 @@ def beam_search(wm: WorldModel, codec: Any, cfg: PlanConfig, real_cache: Any,
     root_order = rank_actions(action_logits, key_root, cfg.greedy)
     root = Beams(
         first_action=root_order, cum_reward=jnp.zeros((n_actions,)),
-        last_reward=jnp.zeros((n_actions,)), last_rtg=jnp.zeros((n_actions,)),
+        last_reward=jnp.zeros((n_actions,)),
         obs=jnp.zeros((n_actions, obs_dim), jnp.int32), valid=jnp.ones((n_actions,), bool),
         novelty=jnp.zeros((n_actions,)), path=jnp.full((n_actions, cfg.depth, obs_dim), -1),
         cache=jax.tree.map(lambda c: jnp.broadcast_to(c, (n_actions, *c.shape)), empty),
@@ -246,6 +238,6 @@ def beam_search(wm: WorldModel, codec: Any, cfg: PlanConfig, real_cache: Any,
 
     depths = jnp.arange(1, cfg.depth, dtype=jnp.int32)
     beams, _ = jax.lax.scan(deepen, beams, (depths, jax.random.split(key_scan, cfg.depth - 1)))
-    best = jnp.argsort(-_score(beams, cfg.leaf_value, explore), stable=True)[0]
-    return beams.first_action[best]
+    # ``select`` keeps beams best-first (top_k's stable order), so the best plan is beam 0.
+    return beams.first_action[0]
 
