@@ -26,11 +26,11 @@ import dicp_envs  # noqa: E402
 from dicp_jax.codec import codec_for  # noqa: E402
 from dicp_jax.evaluate import EvalConfig, make_rollout  # noqa: E402
 from dicp_jax.planner import PlanConfig  # noqa: E402
+from dicp_jax.results import markdown, summarise  # noqa: E402
 from dicp_jax.rng import task_keys  # noqa: E402
 from tests.oracle import oracle  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "lookups_only.json"
-BANDS = [(1, 5), (6, 10), (11, 25), (26, 50)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,15 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         returns.append(np.asarray(rollout(tasks, task_keys(jax.random.PRNGKey(0), idx)).returns))
         optimal.append(np.asarray(env.optimal_return(tasks)))
     returns, optimal = np.concatenate(returns), np.concatenate(optimal)
-    bands = {f"ep {a}-{b}": float((returns[:, a - 1:b].mean(1) / optimal).mean())
-             for a, b in BANDS if b <= args.episodes}
-    for name, frac in bands.items():
-        print(f"{name}: {frac:.0%} of optimal")
-    print("mean return at episodes 10 / 25 / 50:",
-          " / ".join(f"{returns[:, e - 1].mean():.2f}" for e in (10, 25, 50) if e <= args.episodes))
+    rows = summarise({"look-ups only": returns}, optimal)
+    print(markdown(rows, "darkroom: the session-7 look-ups with true dynamics, no learned model",
+                   [f"{len(optimal)} test tasks of splits {args.splits}"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"splits": args.splits, "tasks": len(optimal),
-                                    "fraction_of_optimal": bands,
+    args.out.write_text(json.dumps({"splits": args.splits, "summary": rows,
                                     "returns": returns.tolist(), "optimal": optimal.tolist()}))
     return 0
 
