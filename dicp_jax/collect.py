@@ -1,22 +1,25 @@
 """Learning histories: one PPO learner per task, a whole chunk of tasks in ONE jitted call.
 
 ``make_collect(env, cfg)`` returns a pure function ``(keys[N], env_params[N]) ->
-(History [N, S, T, ...], episode_returns [N, E])``: ``vmap`` over tasks, ``lax.scan`` over
-PPO updates, the rollout a ``lax.scan`` over env steps, the epochs x minibatches one flat
-scan (see ``ppo.update``). No Python loop per step or update, so XLA sees the whole learner.
+(History [N, S, T, ...], episode_returns [N, E])``: the source's one-task learner
+(``ppo.make_learner``: a ``lax.scan`` over updates, each a scanned rollout and a scanned
+update) mapped over tasks. No Python loop per step or update, so XLA sees the whole learner.
 
 Design choices:
-- Per-task RNG ``fold_in(base_key, task_index)`` (index into ``env.task_list()``): a task's
-  history does not depend on which tasks share its chunk, its position, or the devices.
-- The task axis is split over a 1-D ``Mesh`` of ``jax.devices()`` (``shard_map``: each
-  device runs its own tasks, no communication); a chunk is padded to a fixed size (a
-  multiple of the device count) so every chunk reuses one compiled program. On CPU,
+- Per-task RNG ``fold_in(base_key, task_index)`` (index into ``env.task_list()``) and a
+  per-task program (``lax.map``): a task's history does not depend on which tasks share
+  its chunk, its position, the chunk size, the devices, or a resume (tested).
+- The task axis is split over ``jax.devices()``: each device runs its own copy of one
+  single-device program on its share of the chunk (no communication; see
+  ``compile_collect`` for why not one sharded program). A chunk is padded to a fixed size
+  (whole blocks on every device) so every chunk reuses the compiled programs. On CPU,
   ``--xla_force_host_platform_device_count=N`` makes N devices; the ``dicp`` CLI sets one
   per core (``--cpu-devices``), which ran the per-task updates 2.1x faster on 2 cores.
 - Records are cast to compact dtypes inside the scan (int8 positions, 0/1 rewards in
   float16), so the stacked history is small while it is being built, not only on disk.
 - Chunks are handed to a callback as soon as they are done (the dataset writer stores each
-  one atomically), so an interrupted run loses at most one chunk.
+  one atomically), so an interrupted run loses at most one chunk, by default at most about
+  a quarter of the run (``MIN_CHUNKS``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import SingleDeviceSharding
 
 from dicp_jax import ppo
 from dicp_jax.history import History
@@ -57,73 +60,23 @@ def seed_keys(seed: int, task_index: Iterable[int]) -> Array:
     return task_keys(jax.random.PRNGKey(seed), task_index)
 
 
-def make_collect(env: Any, cfg: PPOConfig) -> Callable[[Array, Any], tuple[History, Array]]:
+def make_collect(env: Any, cfg: PPOConfig, block: int = 1
+                 ) -> Callable[[Array, Any], tuple[History, Array]]:
     """Pure ``(keys [N, 2], env_params [N]) -> (History [N, S, T], episode_returns [N, E])``.
 
-    Rollouts are vmapped over tasks; the PPO update (the expensive part) runs per task under
-    ``lax.map``. Why: XLA CPU sums a vmapped gradient in a batch-size-dependent order, so
-    with a vmapped update a task's history changed (in the last bits, then in its actions)
-    with the chunk size and the device count. ``lax.map`` runs one per-task program, making
-    a history a function of (seed, task index) only; the task axis is then split across
-    devices (``shard_map`` in ``compile_collect``), which is where the parallelism comes from."""
-    cfg.validate()
-    S, H = cfg.n_streams, env.horizon
-    dt = storage_dtypes(env)
-    opt = ppo.make_optimizer(cfg)
-    step_streams = jax.vmap(env.step, in_axes=(0, 0, 0, None))
-    reset_streams = jax.vmap(env.reset, in_axes=(0, None))
-
-    def rollout(params, obs, env_state, key, env_params):
-        """One task, ``n_steps`` steps of ``S`` streams -> records and a training batch."""
-
-        def env_step(c, k):
-            obs, env_state = c
-            k_act, k_env = jax.random.split(k)
-            logits = ppo.policy_logits(params, obs)  # [S, A]
-            v = ppo.value(params, obs)  # [S]
-            action = jax.random.categorical(k_act, logits)  # [S]
-            logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[:, 0]
-            nxt, env_state, reward, term, trunc, info = step_streams(
-                jax.random.split(k_env, S), env_state, action, env_params)
-            final = info["final_observation"]  # true s', also at an episode's end
-            boot = jnp.where(trunc & ~term, cfg.gamma * ppo.value(params, final), 0.0)
-            done = term | trunc
-            rec = History(obs.astype(dt["obs"]), action.astype(dt["action"]),
-                          reward.astype(dt["reward"]), final.astype(dt["obs"]), done)
-            return (nxt, env_state), (rec, (obs, action, logp, v, reward + boot, done))
-
-        (obs, env_state), (rec, train) = jax.lax.scan(
-            env_step, (obs, env_state), jax.random.split(key, cfg.n_steps))
-        t_obs, t_act, t_logp, t_val, t_rew, t_done = train  # [n_steps, S, ...]
-        adv, ret = ppo.gae(t_rew, t_val, t_done, ppo.value(params, obs), cfg)
-        flat = lambda x: x.reshape(cfg.batch_size, *x.shape[2:])
-        batch = ppo.Batch(flat(t_obs), flat(t_act), flat(t_logp), flat(adv), flat(ret))
-        return rec, batch, obs, env_state
+    The source's learner is a function of ONE task, vmapped over a fixed ``block`` of tasks
+    and looped over blocks (``lax.map``; N must be a multiple of ``block``). The loop body
+    is then the same program whatever N, so a history is a function of (seed, task index,
+    block) only. Vmapping over all N tasks was not: XLA CPU emitted the batched ops
+    differently for other batch sizes (other rounding, then other sampled actions). The
+    task axis is split across devices by ``collect`` (see ``compile_collect``)."""
+    learn = ppo.make_learner(env, cfg, storage_dtypes(env))
 
     def run_chunk(keys: Array, env_params: Any) -> tuple[History, Array]:
-        k_init, k_reset, k_run = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(keys),
-                                              1, 0)
-        params = jax.vmap(ppo.init_params, (0, None, None, None))(
-            k_init, env.obs_dim, env.num_actions, cfg)
-        obs, env_state = jax.vmap(reset_streams)(
-            jax.vmap(lambda k: jax.random.split(k, S))(k_reset), env_params)
-        run_keys = jax.vmap(lambda k: jax.random.split(k, cfg.n_updates))(k_run)  # [N, U, 2]
-
-        def one_update(carry, k):  # k: [N, 2]
-            params, opt_state, obs, env_state = carry
-            k_roll, k_upd = jnp.moveaxis(jax.vmap(jax.random.split)(k), 1, 0)
-            rec, batch, obs, env_state = jax.vmap(rollout)(params, obs, env_state, k_roll,
-                                                           env_params)
-            params, opt_state = jax.lax.map(lambda a: ppo.update(*a, cfg),
-                                            (params, opt_state, batch, k_upd))
-            return (params, opt_state, obs, env_state), rec
-
-        carry = (params, jax.vmap(opt.init)(params), obs, env_state)
-        _, rec = jax.lax.scan(one_update, carry, jnp.moveaxis(run_keys, 1, 0))
-        # [U, N, n_steps, S, ...] -> [N, S, T, ...]
-        hist = jax.tree.map(lambda x: jnp.moveaxis(x, (1, 3), (0, 1)).reshape(
-            x.shape[1], S, cfg.steps_per_stream, *x.shape[4:]), rec)
-        return hist, jax.vmap(episode_returns, (0, 0, None))(hist.reward, hist.done, H)
+        hist = jax.lax.map(lambda a: learn(*a), (keys, env_params),
+                           batch_size=block)  # [N, S, T, ...]
+        return hist, jax.vmap(episode_returns, (0, 0, None))(hist.reward, hist.done,
+                                                              env.horizon)
 
     return run_chunk
 
@@ -154,79 +107,114 @@ def bytes_per_task(env: Any, cfg: PPOConfig) -> int:
     return int(records + 4 * rollout + (1 << 16))
 
 
+# Default chunking stores at least this many chunks, so an interrupt loses at most about
+# 1 / MIN_CHUNKS of the run (rounded up to whole blocks per device).
+MIN_CHUNKS = 4
+# Tasks vmapped together inside a device's loop (``make_collect``). It is part of what a
+# history is a function of, so it is recorded with the dataset. Small blocks suit CPUs
+# (BENCHMARKS.md measures 1, 2 and 4); accelerators want far larger ones.
+DEFAULT_BLOCK = 4
+
+
 def chunk_size_for(env: Any, cfg: PPOConfig, n_tasks: int, n_devices: int,
-                   memory_budget: float = 2 * 2**30, chunk_size: int | None = None) -> int:
-    """Tasks per jitted call: the budget's worth (or ``chunk_size``), never more than needed,
-    balanced across calls and rounded up to a multiple of the device count."""
-    if chunk_size is None:
-        chunk_size = max(1, int(memory_budget // bytes_per_task(env, cfg)))
-    chunk_size = max(1, min(int(chunk_size), n_tasks))
-    n_calls = math.ceil(n_tasks / chunk_size)
-    chunk_size = math.ceil(n_tasks / n_calls)
-    return int(math.ceil(chunk_size / n_devices) * n_devices)
+                   memory_budget: float = 2 * 2**30, chunk_size: int | None = None,
+                   block: int = DEFAULT_BLOCK) -> int:
+    """Tasks per jitted call: a multiple of ``n_devices * block`` (every device runs whole
+    blocks; padded tasks are computed and dropped).
+
+    With ``chunk_size`` given: that size, balanced across calls. By default: at most the
+    memory budget's worth and a ``1 / MIN_CHUNKS`` share of the run, choosing among those
+    sizes the one that pads the fewest tasks (then the fewest calls)."""
+    n_tasks, unit = max(int(n_tasks), 1), n_devices * block
+    if chunk_size is not None:
+        chunk_size = max(1, min(int(chunk_size), n_tasks))
+        chunk_size = math.ceil(n_tasks / math.ceil(n_tasks / chunk_size))  # balanced calls
+        return math.ceil(chunk_size / unit) * unit
+    cap = min(max(1, int(memory_budget // bytes_per_task(env, cfg))),
+              math.ceil(n_tasks / MIN_CHUNKS))
+    sizes = range(unit, max(cap, unit) + 1, unit)
+    return min(sizes, key=lambda c: (math.ceil(n_tasks / c) * c, math.ceil(n_tasks / c)))
 
 
 _COMPILED: dict = {}
 
 
-def compile_collect(env: Any, cfg: PPOConfig, chunk: int, devices: list | None = None):
-    """AOT-compile ``make_collect`` for ``chunk`` tasks, the task axis sharded over
-    ``devices`` (default: all). Cached per (env, cfg without seed, chunk, devices): XLA CPU
-    compiles take ~15 s, and the seed only enters through the keys."""
+def compile_collect(env: Any, cfg: PPOConfig, per_device: int, devices: list | None = None,
+                    block: int = DEFAULT_BLOCK) -> tuple[list, float]:
+    """``make_collect`` for ``per_device`` tasks, compiled once per device (default: all),
+    in parallel threads; returns (executables in device order, compile seconds).
+
+    Why one single-device program per device and not one program sharded over a mesh: an
+    SPMD-partitioned program (two or more devices) rounded differently from the same program
+    unpartitioned (one device), so histories changed with the device count. Tasks need no
+    communication, so each device runs its own copy. Cached per (env, cfg without seed,
+    size, block, device): the seed only enters through the keys."""
+    from concurrent.futures import ThreadPoolExecutor
+
     devices = list(jax.devices() if devices is None else devices)
-    if chunk % len(devices):
-        raise ValueError(f"chunk size {chunk} is not a multiple of {len(devices)} devices")
-    cache_key = (type(env).__name__, repr(sorted(vars(env).items())),
-                 dataclasses.replace(cfg, seed=0), chunk, tuple(d.id for d in devices))
-    if cache_key in _COMPILED:
-        compiled, shard, _ = _COMPILED[cache_key]
-        return compiled, shard, 0.0
-    mesh = Mesh(np.asarray(devices), ("tasks",))
-    shard = NamedSharding(mesh, PartitionSpec("tasks"))
-    spec = PartitionSpec("tasks")
-    per_device = jax.shard_map(make_collect(env, cfg), mesh=mesh, in_specs=(spec, spec),
-                               out_specs=spec, check_vma=False)
-    fn = jax.jit(per_device, in_shardings=(shard, shard), out_shardings=shard)
-    zeros = np.zeros(chunk, np.int64)
-    all_tasks = np.asarray(env.task_list(), dtype=np.int32)
+    if per_device < 1 or per_device % block:
+        raise ValueError(f"{per_device} tasks per device is not a positive multiple of "
+                         f"{block} tasks per block")
+    program = (type(env).__name__, repr(sorted(vars(env).items())),
+               dataclasses.replace(cfg, seed=0), per_device, block)
+    missing = [d for d in devices if (program, d.id) not in _COMPILED]
     t0 = time.perf_counter()
-    compiled = fn.lower(seed_keys(0, zeros), env.params_for(all_tasks[zeros])).compile()
-    _COMPILED[cache_key] = (compiled, shard, time.perf_counter() - t0)
-    return _COMPILED[cache_key]
+    if missing:
+        fn = jax.jit(make_collect(env, cfg, block))
+        zeros = np.zeros(per_device, np.int64)
+        example = (seed_keys(0, zeros),
+                   env.params_for(np.asarray(env.task_list(), np.int32)[zeros]))
+
+        def for_device(device: Any):
+            place = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                   sharding=SingleDeviceSharding(device))
+            return fn.lower(*jax.tree.map(place, example)).compile()
+
+        with ThreadPoolExecutor(len(missing)) as pool:
+            for device, compiled in zip(missing, pool.map(for_device, missing), strict=True):
+                _COMPILED[(program, device.id)] = compiled
+    return [_COMPILED[(program, d.id)] for d in devices], time.perf_counter() - t0
 
 
 def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
             on_chunk: Callable[[np.ndarray, History, np.ndarray], None] | None = None,
             chunk_size: int | None = None, memory_budget: float = 2 * 2**30,
             devices: list | None = None, progress: bool = False,
-            stats: dict | None = None) -> tuple[History, np.ndarray] | None:
+            stats: dict | None = None,
+            block: int = DEFAULT_BLOCK) -> tuple[History, np.ndarray] | None:
     """Run PPO on ``task_index`` (indices into ``env.task_list()``), chunk by chunk.
 
     With ``on_chunk`` each finished chunk ``(task_index, History, returns)`` is passed on
     and nothing is kept; without it the concatenated numpy result is returned. ``stats``
     (if given) receives ``compile_s``, ``run_s``, ``chunk`` and ``env_steps``."""
     task_index = np.asarray(task_index, dtype=np.int64)
-    n_dev = len(jax.devices() if devices is None else devices)
-    chunk = chunk_size_for(env, cfg, max(len(task_index), 1), n_dev, memory_budget, chunk_size)
-    compiled, shard, compile_s = compile_collect(env, cfg, chunk, devices)
+    devices = list(jax.devices() if devices is None else devices)
+    chunk = chunk_size_for(env, cfg, max(len(task_index), 1), len(devices), memory_budget,
+                           chunk_size, block)
+    per_device = chunk // len(devices)
+    compiled, compile_s = compile_collect(env, cfg, per_device, devices, block)
     all_tasks = np.asarray(env.task_list(), dtype=np.int32)
-    starts = range(0, len(task_index), chunk)
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(task_index), unit="task", desc=f"collect (chunk {chunk})")
     kept: list[tuple[History, np.ndarray]] = []
     run_s, steps_per_task = 0.0, cfg.n_streams * cfg.steps_per_stream
-    for s in starts:
+    for s in range(0, len(task_index), chunk):
         idx = task_index[s:s + chunk]
         padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])  # pad: repeat last
-        keys = jax.device_put(seed_keys(cfg.seed, padded), shard)
-        params = jax.device_put(env.params_for(all_tasks[padded]), shard)
+        keys, params = seed_keys(cfg.seed, padded), env.params_for(all_tasks[padded])
         t1 = time.perf_counter()
-        hist, rets = jax.device_get(compiled(keys, params))
+        # dispatch every device's part before fetching any: the devices run side by side
+        outs = [run(*jax.device_put(jax.tree.map(lambda a, i=i: a[i:i + per_device],
+                                                 (keys, params)), device))
+                for run, device, i in zip(compiled, devices, range(0, chunk, per_device),
+                                          strict=True)]
+        outs = jax.device_get(outs)
         run_s += time.perf_counter() - t1
-        hist = History(*(np.asarray(x)[:len(idx)] for x in hist))
-        rets = np.asarray(rets)[:len(idx)]
+        hist = History(*(np.concatenate(f)[:len(idx)] for f in zip(*(h for h, _ in outs),
+                                                                   strict=True)))
+        rets = np.concatenate([r for _, r in outs])[:len(idx)]
         if on_chunk is not None:
             on_chunk(idx, hist, rets)
         else:
@@ -250,7 +238,8 @@ def collect_dataset(env_name: str, out: str | Path, cfg: PPOConfig | None = None
                     task_index: Any = None, resume: bool = False,
                     overwrite: bool = False, progress: bool = True,
                     chunk_size: int | None = None, memory_budget: float = 2 * 2**30,
-                    stats: dict | None = None, **env_kwargs: Any) -> dict:
+                    stats: dict | None = None, block: int = DEFAULT_BLOCK,
+                    devices: list | None = None, **env_kwargs: Any) -> dict:
     """Collect the split's tasks (first ``n_tasks`` of them), or exactly ``task_index``
     (indices into ``env.task_list()``; the split is then "subset"), into the dataset at ``out``.
 
@@ -274,11 +263,12 @@ def collect_dataset(env_name: str, out: str | Path, cfg: PPOConfig | None = None
                   task_index=idx, tasks=tasks, ppo=to_dict(cfg), seed=cfg.seed,
                   source_algorithm="PPO (Stable-Baselines3 MlpPolicy semantics, dicp_jax.ppo)",
                   task_seed="jax.random.fold_in(PRNGKey(seed), task_index)",
-                  version=__version__)
+                  tasks_per_block=block, version=__version__)
     writer = DatasetWriter(out, header, resume=resume, overwrite=overwrite)
     done = writer.done_tasks()
     todo = np.asarray([i for i in idx if int(i) not in done], dtype=np.int64)
     if len(todo):
         collect(env, todo, cfg, on_chunk=writer.write_chunk, chunk_size=chunk_size,
-                memory_budget=memory_budget, progress=progress, stats=stats)
+                memory_budget=memory_budget, progress=progress, stats=stats, block=block,
+                devices=devices)
     return writer.finalize()

@@ -7,20 +7,23 @@ global grad-norm clip, GAE, advantages normalised per minibatch (torch ``std`` i
 unbiased one), unclipped value loss, ``n_epochs`` shuffled passes per rollout, raw
 positions fed as floats, and truncation handled like SB3: ``r += gamma * V(s'_true)``.
 
-Everything here is a function of ONE task; ``collect.py`` vmaps the rollouts over tasks,
-maps ``update`` over them (``lax.map``, see its docstring for why) and scans over updates,
-so a whole chunk of learners is one jitted call (PureJaxRL style).
+Everything here is a function of ONE task: ``make_learner`` returns the whole learner,
+``learn(key, env_params) -> History [S, T]``, rollouts and updates scanned inside it
+(PureJaxRL style); ``collect.py`` maps it over a chunk of tasks in one jitted call.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from dicp_jax.history import History
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -60,15 +63,25 @@ class PPOConfig:
         return self.batch_size // self.minibatch_size
 
     def validate(self) -> None:
-        if min(self.n_streams, self.steps_per_stream, self.n_steps, self.minibatch_size,
-               self.n_epochs) < 1:
-            raise ValueError(f"PPO sizes must be positive: {self}")
+        from dicp_jax.config import ConfigError
+
+        for k in ("n_streams", "steps_per_stream", "n_steps", "minibatch_size", "n_epochs"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"hidden must be positive layer sizes, got {self.hidden}")
+        if self.lr <= 0 or self.adam_eps <= 0 or self.max_grad_norm <= 0 or self.clip_eps <= 0:
+            raise ConfigError("lr, adam_eps, max_grad_norm and clip_eps must be > 0")
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
+            raise ConfigError("gamma and gae_lambda must be in [0, 1]")
+        if self.vf_coef < 0 or self.ent_coef < 0:
+            raise ConfigError("vf_coef and ent_coef must be >= 0")
         if self.steps_per_stream % self.n_steps:
-            raise ValueError(f"steps_per_stream={self.steps_per_stream} must be a multiple "
-                             f"of n_steps={self.n_steps}")
+            raise ConfigError(f"steps_per_stream={self.steps_per_stream} must be a multiple "
+                              f"of n_steps={self.n_steps}")
         if self.batch_size % self.minibatch_size:
-            raise ValueError(f"n_steps*n_streams={self.batch_size} must be a multiple of "
-                             f"minibatch_size={self.minibatch_size}")
+            raise ConfigError(f"n_steps*n_streams={self.batch_size} must be a multiple of "
+                              f"minibatch_size={self.minibatch_size}")
 
 
 # Paper settings (Son et al., App. B): SB3 defaults plus these per-env values.
@@ -85,6 +98,67 @@ def paper_ppo_config(env_name: str, **overrides: Any) -> PPOConfig:
     cfg = PPOConfig(**{**_PAPER[env_name], **overrides})
     cfg.validate()
     return cfg
+
+
+# -- the learner -------------------------------------------------------------------------------
+def make_learner(env: Any, cfg: PPOConfig, dtypes: dict[str, Any]
+                 ) -> Callable[[Array, Any], History]:
+    """``learn(key, env_params) -> History [S, T, ...]``: one task's whole PPO run, every
+    transition recorded in ``dtypes`` (compact storage dtypes, cast inside the scan so the
+    record is small while it is built). ``S = n_streams`` copies of the task are stepped in
+    parallel; each update collects ``n_steps`` steps per stream, then runs ``update``."""
+    cfg.validate()
+    S = cfg.n_streams
+    opt = make_optimizer(cfg)
+    step_streams = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    reset_streams = jax.vmap(env.reset, in_axes=(0, None))
+
+    def rollout(params, obs, env_state, key, env_params):
+        """``n_steps`` steps of ``S`` streams -> records [n_steps, S] and a training batch."""
+
+        def env_step(c, k):
+            obs, env_state = c
+            k_act, k_env = jax.random.split(k)
+            logits = policy_logits(params, obs)  # [S, A]
+            v = value(params, obs)  # [S]
+            action = jax.random.categorical(k_act, logits)  # [S]
+            logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[:, 0]
+            nxt, env_state, reward, term, trunc, info = step_streams(
+                jax.random.split(k_env, S), env_state, action, env_params)
+            final = info["final_observation"]  # true s', also at an episode's end
+            boot = jnp.where(trunc & ~term, cfg.gamma * value(params, final), 0.0)
+            done = term | trunc
+            rec = History(obs.astype(dtypes["obs"]), action.astype(dtypes["action"]),
+                          reward.astype(dtypes["reward"]), final.astype(dtypes["obs"]), done)
+            return (nxt, env_state), (rec, (obs, action, logp, v, reward + boot, done))
+
+        (obs, env_state), (rec, train) = jax.lax.scan(
+            env_step, (obs, env_state), jax.random.split(key, cfg.n_steps))
+        t_obs, t_act, t_logp, t_val, t_rew, t_done = train  # [n_steps, S, ...]
+        adv, ret = gae(t_rew, t_val, t_done, value(params, obs), cfg)
+        flat = lambda x: x.reshape(cfg.batch_size, *x.shape[2:])
+        batch = Batch(flat(t_obs), flat(t_act), flat(t_logp), flat(adv), flat(ret))
+        return rec, batch, obs, env_state
+
+    def learn(key: Array, env_params: Any) -> History:
+        k_init, k_reset, k_run = jax.random.split(key, 3)
+        params = init_params(k_init, env.obs_dim, env.num_actions, cfg)
+        obs, env_state = reset_streams(jax.random.split(k_reset, S), env_params)
+
+        def one_update(carry, k):
+            params, opt_state, obs, env_state = carry
+            k_roll, k_upd = jax.random.split(k)
+            rec, batch, obs, env_state = rollout(params, obs, env_state, k_roll, env_params)
+            params, opt_state = update(params, opt_state, batch, k_upd, cfg)
+            return (params, opt_state, obs, env_state), rec
+
+        carry = (params, opt.init(params), obs, env_state)
+        _, rec = jax.lax.scan(one_update, carry, jax.random.split(k_run, cfg.n_updates))
+        # [U, n_steps, S, ...] -> [S, U * n_steps = T, ...]
+        return jax.tree.map(lambda x: jnp.moveaxis(x, 2, 0).reshape(
+            S, cfg.steps_per_stream, *x.shape[3:]), rec)
+
+    return learn
 
 
 # -- networks --------------------------------------------------------------------------------
