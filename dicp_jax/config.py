@@ -29,6 +29,14 @@ def _coerce(cfg_type: type, key: str, value: Any) -> Any:
     hints = typing.get_type_hints(cfg_type)
     typ = hints[key]
     origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        # A nested config: rebuilt from its JSON form, never from a scalar (``plan=3``).
+        if isinstance(value, typ):
+            return value
+        if isinstance(value, dict):
+            return from_dict(typ, value)
+        raise ConfigError(f"{key} is a nested {typ.__name__}, not a value: set its fields "
+                          f"by name ({', '.join(field_names(typ))})")
     if origin is typing.Literal:
         choices = typing.get_args(typ)
         if value not in choices:

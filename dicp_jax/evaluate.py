@@ -51,14 +51,16 @@ class EvalConfig:
 
     def validate(self) -> None:
         if self.episodes < 1:
-            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+            raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
         if self.planner not in ("policy", "beam"):
-            raise ValueError(f"planner must be 'policy' or 'beam', got {self.planner!r}")
+            raise ConfigError(f"planner must be 'policy' or 'beam', got {self.planner!r}")
         if self.before_reward not in ("plan", "policy", "explore"):
-            raise ValueError("before_reward must be 'plan', 'policy' or 'explore', "
-                             f"got {self.before_reward!r}")
+            raise ConfigError("before_reward must be 'plan', 'policy' or 'explore', "
+                              f"got {self.before_reward!r}")
         if self.plan_start is not None and self.plan_start < 0:
-            raise ValueError(f"plan_start must be >= 0 or None, got {self.plan_start}")
+            raise ConfigError(f"plan_start must be >= 0 or None, got {self.plan_start}")
+        if not isinstance(self.plan, PlanConfig):
+            raise ConfigError(f"plan must be a PlanConfig, got {self.plan!r}")
         self.plan.validate()
 
 

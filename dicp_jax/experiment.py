@@ -42,6 +42,8 @@ class Experiment:
 
 
 def load_experiment(name_or_path: str) -> Experiment:
+    """Read and check an experiment file: every key, every stage override (against the
+    stage's config) and the task counts, so a mistake is refused before any work starts."""
     path = Path(name_or_path)
     if not path.suffix:
         path = EXPERIMENTS / f"{name_or_path}.json"
@@ -52,19 +54,42 @@ def load_experiment(name_or_path: str) -> Experiment:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise cfglib.ConfigError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise cfglib.ConfigError(f"{path}: an experiment is a JSON object, got "
+                                 f"{type(data).__name__}")
     data.pop("description", None)
-    valid = {f.name for f in dataclasses.fields(Experiment)} - {"name"}
+    fields = {f.name: f for f in dataclasses.fields(Experiment)}
+    valid = set(fields) - {"name"}
     unknown = sorted(set(data) - valid)
     if unknown:
         raise cfglib.ConfigError(f"{path}: unknown key(s) {unknown}; valid: {sorted(valid)}")
+    if "env" not in data:
+        raise cfglib.ConfigError(f"{path}: missing key 'env' (one of the envs of `dicp list`)")
+    for k, f in fields.items():  # override sections are objects; a list or number is a typo
+        if k in data and f.type in (dict, "dict") and not isinstance(data[k], dict):
+            raise cfglib.ConfigError(f"{path}: {k} must be an object of overrides, got "
+                                     f"{data[k]!r}")
+    for k in ("env", "preset"):
+        if k in data and not isinstance(data[k], str):
+            raise cfglib.ConfigError(f"{path}: {k} must be a name, got {data[k]!r}")
     if "splits" in data and data["splits"] is not None:
-        data["splits"] = tuple(int(s) for s in data["splits"])
+        seeds = data["splits"]
+        if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+            raise cfglib.ConfigError(f"{path}: splits must be a list of integer split seeds "
+                                     f"or null, got {seeds!r}")
+        data["splits"] = tuple(seeds)
+    if not isinstance(data.get("eval_seed", 0), int):
+        raise cfglib.ConfigError(f"{path}: eval_seed must be an integer, got "
+                                 f"{data['eval_seed']!r}")
     exp = Experiment(name=path.stem, **data)
     for k in ("tasks", "test_tasks"):
         v = getattr(exp, k)
-        if v is not None and (not isinstance(v, int) or v < 1):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise cfglib.ConfigError(f"{path}: {k} must be a positive integer or null, got {v!r}")
-    stage_configs(exp)  # validate every override before any work starts
+    try:
+        stage_configs(exp)  # validate every override before any work starts
+    except cfglib.ConfigError as e:
+        raise cfglib.ConfigError(f"{path}: {e}") from None
     experiment_tasks(exp)
     return exp
 
@@ -88,31 +113,24 @@ def experiment_tasks(exp: Experiment) -> np.ndarray:
 
 
 def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, Any]:
-    """The typed config of every stage, built from the experiment's overrides."""
-    import dicp_envs
-    from dicp_jax.evaluate import EvalConfig, check_env
-    from dicp_jax.planner import PlanConfig
-    from dicp_jax.ppo import paper_ppo_config
-    from dicp_jax.train import preset_configs
+    """The typed config of every stage, built from the experiment's overrides by the same
+    builder as the CLI's (``dicp_jax.stages``), so both accept the same keys."""
+    from dicp_jax import stages
 
-    dicp_envs.spec(exp.env)  # unknown env -> error listing the known ones
-    train, model = preset_configs(exp.env, exp.preset)
-    ppo = cfglib.replace(paper_ppo_config(exp.env), **exp.collect)
-    model = cfglib.replace(model, **exp.model)
-    train = cfglib.replace(train, **exp.train)
+    def section(name: str, build, *a) -> Any:  # name the section an error comes from
+        try:
+            return build(*a)
+        except cfglib.ConfigError as e:
+            raise type(e)(f"{name}: {e}") from None
+
+    stages.check_env_name(exp.env)
+    ppo = section("collect", stages.ppo_config, exp.env, exp.collect)
+    train, model = section("train/model", stages.train_configs, exp.env, exp.preset,
+                           exp.train, exp.model)
     if splits_seed is not None:
         train = dataclasses.replace(train, split_seed=splits_seed)
-
-    def eval_cfg(overrides: dict, planner: str) -> Any:
-        plan_keys = {f.name for f in dataclasses.fields(PlanConfig)}
-        plan = cfglib.replace(PlanConfig(), **{k: v for k, v in overrides.items()
-                                              if k in plan_keys})
-        rest = {k: v for k, v in overrides.items() if k not in plan_keys}
-        return dataclasses.replace(cfglib.replace(EvalConfig(), **rest), plan=plan,
-                                   planner=planner)
-
-    dicp, ad = eval_cfg(exp.dicp, "beam"), eval_cfg(exp.ad, "policy")
-    check_env(dicp_envs.make(exp.env)[0], dicp)
+    dicp = section("dicp", stages.eval_config, exp.env, exp.dicp, "beam")
+    ad = section("ad", stages.eval_config, exp.env, exp.ad, "policy")
     return dict(ppo=ppo, model=model, train=train, dicp=dicp, ad=ad)
 
 
@@ -127,6 +145,12 @@ def _dataset_ok(env_name: str, data_dir: Path, ppo: Any, tasks: np.ndarray) -> b
         _, meta = load_history(data_dir, env_name=env_name, streams=[0], steps=1)
     except DatasetError as e:
         print(f"dataset {data_dir} is not usable ({e}); collecting again")
+        return False
+    from dicp_jax.collect import DEFAULT_BLOCK
+
+    if meta.raw.get("tasks_per_block") != DEFAULT_BLOCK:
+        print(f"dataset {data_dir} was collected with other task grouping "
+              f"(tasks_per_block {meta.raw.get('tasks_per_block')}); collecting again")
         return False
     differ = cfglib.diff_dicts(meta.ppo, cfglib.to_dict(ppo))
     if differ:

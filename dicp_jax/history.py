@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import time
+import tokenize
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -226,7 +227,7 @@ def _open(path: Path, shard: dict, key: str, verify: bool) -> np.ndarray:
         raise DatasetError(f"{f}: checksum mismatch (file corrupted or modified)")
     try:
         arr = np.load(f, mmap_mode="r")
-    except ValueError as e:
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:  # a garbled header
         raise DatasetError(f"{f}: unreadable .npy ({e})") from None
     if list(arr.shape) != info["shape"] or arr.dtype.str != info["dtype"]:
         raise DatasetError(f"{f}: shape/dtype {arr.shape}/{arr.dtype.str} differ from the "

@@ -49,10 +49,15 @@ class PlanConfig:
     reward_memory: bool = False  # imagined arrivals the context has seen take its reward
 
     def validate(self) -> None:
+        from dicp_jax.config import ConfigError
+
         if self.beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+            raise ConfigError(f"beam_size must be >= 1, got {self.beam_size}")
         if self.depth < 1:
-            raise ValueError(f"depth must be >= 1, got {self.depth}")
+            raise ConfigError(f"depth must be >= 1, got {self.depth}")
+        if self.reward_estimate not in ("argmax", "expected"):
+            raise ConfigError("reward_estimate must be 'argmax' or 'expected', "
+                              f"got {self.reward_estimate!r}")
 
 
 def state_token(obs: jax.Array, prev_reward: jax.Array, first: jax.Array,

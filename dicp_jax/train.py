@@ -94,6 +94,11 @@ class TrainConfig:
         if not 0.0 <= self.stream_start_prob <= 1.0:
             raise cfglib.ConfigError(f"stream_start_prob must be in [0, 1], got "
                                      f"{self.stream_start_prob}")
+        if not (0.0 <= self.end_lr_ratio <= 1.0 and 0.0 <= self.b1 < 1.0
+                and 0.0 <= self.b2 < 1.0):
+            raise cfglib.ConfigError("end_lr_ratio must be in [0, 1], b1 and b2 in [0, 1)")
+        if self.grad_clip <= 0 or self.weight_decay < 0:
+            raise cfglib.ConfigError("grad_clip must be > 0 and weight_decay >= 0")
 
     def sequence_length(self, model_cfg: ModelConfig) -> int:
         """Transitions per training sequence."""
@@ -320,13 +325,12 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     if train_h.action.shape[-1] < seq:
         raise ValueError(f"streams of {train_h.action.shape[-1]} steps are shorter than a "
                          f"training sequence ({seq} transitions)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.write_config(run_dir, ckpt.run_config(env_name, model_cfg, train_cfg, data_dir, split))
-
     mesh = Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
     if train_cfg.batch_size % mesh.size:
         raise cfglib.ConfigError(f"batch_size={train_cfg.batch_size} must be divisible by the "
                                  f"{mesh.size} devices")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_config(run_dir, ckpt.run_config(env_name, model_cfg, train_cfg, data_dir, split))
     train_cf = test_cf = None
     if train_cfg.counterfactual > 0:
         train_cf = counterfactuals(env_name, train_h, _train_task_index(split, train_h),

@@ -86,7 +86,7 @@ def _synthetic_dataset(path, ppo, n_streams=2, n_steps=40, idx=None):
     import jax
 
     import dicp_envs
-    from dicp_jax.collect import episode_returns
+    from dicp_jax.collect import DEFAULT_BLOCK, episode_returns
     from dicp_jax.data import synthetic_history
     from dicp_jax.history import DatasetWriter
 
@@ -95,7 +95,8 @@ def _synthetic_dataset(path, ppo, n_streams=2, n_steps=40, idx=None):
     hist = synthetic_history("darkroom", idx, n_streams, n_steps, jax.random.PRNGKey(0))
     rets = jax.vmap(episode_returns, (0, 0, None))(hist.reward, hist.done, env.horizon)
     header = dict(env_name="darkroom", env_kwargs={}, split="all", task_index=idx,
-                  tasks=np.asarray(env.task_list())[idx], ppo=ppo, seed=0, version="test")
+                  tasks=np.asarray(env.task_list())[idx], ppo=ppo, seed=0, version="test",
+                  tasks_per_block=DEFAULT_BLOCK)
     writer = DatasetWriter(path, header)
     writer.write_chunk(idx, jax.tree.map(np.asarray, hist), np.asarray(rets))
     writer.finalize()

@@ -1,65 +1,116 @@
-"""``dicp eval``: meta-test a trained run on held-out tasks, planner on or off."""
+"""``dicp eval``: meta-test a trained run on held-out tasks, planner on or off.
+
+The run, every setting, the output file and the env's support for the settings are
+checked before the (long) meta-test starts; flags win over ``--set`` of the same field.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
+from dicp_jax.commands.common import (
+    UsageError,
+    check_out_file,
+    checkpoint_steps,
+    load_run,
+    positive,
+    print_config,
+    read_run,
+    warn,
+)
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory written by `dicp train`")
-    p.add_argument("--planner", choices=("beam", "policy"), default="beam")
+    p.add_argument("--planner", choices=("beam", "policy"), default="beam",
+                   help="beam: DICP (plan with the world model); policy: AD")
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--depth", type=int, default=None, help="default: the paper's, per env")
     p.add_argument("--episodes", type=int, default=None)
     p.add_argument("--split", choices=("test", "train", "all"), default="test")
+    p.add_argument("--tasks", type=int, default=None, metavar="N",
+                   help="meta-test only the first N tasks of the split")
     p.add_argument("--greedy", action="store_true", help="argmax actions / rank by probability")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                   help="any EvalConfig or PlanConfig field")
+                   help="any EvalConfig or PlanConfig field (see --dry-run for all)")
     p.add_argument("--out", type=Path, default=None, help="JSON file for per-task returns")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config as JSON and exit")
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    """Run record, EvalConfig and task indices, every one checked; nothing loaded yet."""
+    import dicp_envs
+    from dicp_jax import config as cfglib
+    from dicp_jax import stages
+    from dicp_jax.evaluate import paper_depth
+
+    positive("--tasks", args.tasks)
+    run_dir = Path(args.run)
+    saved = read_run(run_dir)
+    env_name = saved["env_name"]
+    stages.check_env_name(env_name)
+    env, _ = dicp_envs.make(env_name)
+    sets = cfglib.parse_sets(args.set)
+    flags = {"depth": args.depth, "beam_size": args.beam_size, "episodes": args.episodes,
+             "greedy": True if args.greedy else None}
+    overrides = {**sets, **{k: v for k, v in flags.items() if v is not None}}
+    overrides.setdefault("depth", paper_depth(env))
+    cfg = stages.eval_config(env_name, overrides, planner=args.planner)
+    split_seed = saved["train"].get("split_seed")
+    idx = dicp_envs.split_indices(env_name, args.split, seed=split_seed)
+    if args.tasks is not None:
+        if args.tasks > len(idx):
+            raise UsageError(f"--tasks {args.tasks}: the {args.split} split of {env_name} has "
+                             f"only {len(idx)} tasks")
+        idx = idx[:args.tasks]
+    check_out_file("--out", args.out)
+    if not checkpoint_steps(run_dir):
+        raise UsageError(f"{run_dir} has no checkpoint yet (train it, or --resume its "
+                         "training)")
+    _, plan_keys = stages.eval_keys()
+    ignored = sorted(k for k in sets if k in plan_keys and k != "greedy")
+    warnings = stages.eval_warnings(cfg, env.horizon, int(saved["model"]["n_transit"]))
+    if args.planner == "policy" and (ignored or args.beam_size is not None
+                                     or args.depth is not None):
+        warnings.append("planner settings have no effect with --planner policy (AD)")
+    return {"run": run_dir, "env": env_name, "split": args.split, "split_seed": split_seed,
+            "task_index": idx, "seed": args.seed, "eval": cfg, "warnings": warnings}
 
 
 def run(args: argparse.Namespace) -> int:
+    r = resolve(args)
+    for message in r["warnings"]:
+        warn("eval", message)
+    cfg, idx = r["eval"], r["task_index"]
+    if args.dry_run:
+        shown = {k: v for k, v in r.items() if k not in ("warnings", "task_index")}
+        return print_config("eval", {**shown, "task_index": [int(i) for i in idx]})
     import numpy as np
 
     import dicp_envs
     from dicp_jax import config as cfglib
-    from dicp_jax.evaluate import EvalConfig, evaluate_run, paper_depth
-    from dicp_jax.planner import PlanConfig
+    from dicp_jax.evaluate import evaluate_run
     from dicp_jax.results import markdown, summarise
-    from dicp_jax.train import load_trained
 
-    sets = cfglib.parse_sets(args.set)
-    plan_keys = {f.name for f in dataclasses.fields(PlanConfig)}
-    trained = load_trained(args.run)
+    trained = load_run(r["run"])
     env, _ = dicp_envs.make(trained.env_name)
-    plan_over = {k: v for k, v in sets.items() if k in plan_keys}
-    plan_over.setdefault("depth", args.depth or paper_depth(env))
-    if args.beam_size is not None:
-        plan_over["beam_size"] = args.beam_size
-    if args.greedy:
-        plan_over["greedy"] = True
-    eval_over = {k: v for k, v in sets.items() if k not in plan_keys}
-    eval_over["planner"] = args.planner
-    eval_over["greedy"] = args.greedy
-    if args.episodes is not None:
-        eval_over["episodes"] = args.episodes
-    cfg = dataclasses.replace(cfglib.replace(EvalConfig(), **eval_over),
-                              plan=cfglib.replace(PlanConfig(), **plan_over))
-    split_seed = trained.train_cfg.split_seed
-    idx = dicp_envs.split_indices(trained.env_name, args.split, seed=split_seed)
-    print(f"meta-testing {len(idx)} {args.split} tasks x {cfg.episodes} episodes "
-          f"({args.planner}) ...", flush=True)
+    label = "DICP" if args.planner == "beam" else "AD"
+    how = (f"beam search, beam size {cfg.plan.beam_size}, depth {cfg.plan.depth}"
+           if args.planner == "beam" else "policy head")
+    print(f"meta-testing {label} ({how}) on {len(idx)} {args.split} tasks x {cfg.episodes} "
+          f"episodes of {env.horizon} steps, seed {args.seed}", flush=True)
+    print("compiling the meta-test (one time) and running it ...", flush=True)
     t0 = time.perf_counter()
     out = evaluate_run(trained, idx, cfg, seed=args.seed)
     secs = time.perf_counter() - t0
+    print(f"meta-test done in {secs:.1f} s (including compilation)", flush=True)
     returns = np.asarray(out.returns)
     optimal = np.asarray(env.optimal_return(env.params_for(np.asarray(env.task_list())[idx])))
-    label = "DICP" if args.planner == "beam" else "AD"
     print(markdown(summarise({label: returns}, optimal), f"{trained.env_name}: {args.run}",
                    [f"{len(idx)} {args.split} tasks; {secs:.1f} s including compilation"]))
     if args.out:
@@ -67,4 +118,5 @@ def run(args: argparse.Namespace) -> int:
             "run": str(args.run), "planner": args.planner, "task_index": idx.tolist(),
             "returns": returns.tolist(), "optimal": optimal.tolist(),
             "config": cfglib.to_dict(cfg)}, indent=1))
+        print(f"wrote {args.out}")
     return 0
