@@ -32,28 +32,29 @@ CASES = [
 QUICK = dict(steps_per_stream=100, n_streams=10)  # the paper PPO otherwise
 
 
-def one_case(env_name: str, n_tasks: int, quick: bool) -> dict:
+def one_case(env_name: str, n_tasks: int, quick: bool, block: int | None = None) -> dict:
     """Collect ``n_tasks`` tasks of the 'all' split in this process; timings and quality."""
     import jax
     import numpy as np
 
     import dicp_envs
-    from dicp_jax.collect import collect
-    from dicp_jax.ppo import paper_ppo_config
+    from dicp_jax.collect import DEFAULT_BLOCK, collect
+    from dicp_jax.sources.ppo import paper_config
 
     env, _ = dicp_envs.make(env_name)
-    cfg = paper_ppo_config(env_name, **(QUICK if quick else {}))
+    cfg = paper_config(env_name, **(QUICK if quick else {}))
     idx = dicp_envs.split_indices(env_name, "all")[:n_tasks]
     stats: dict = {}
     t0 = time.perf_counter()
-    _, rets = collect(env, idx, cfg, stats=stats)
+    block = DEFAULT_BLOCK if block is None else block
+    _, rets = collect(env, idx, cfg, stats=stats, block=block)
     wall = time.perf_counter() - t0
     opt = np.asarray(env.optimal_return(env.params_for(np.asarray(env.task_list())[idx])))
     frac = rets / opt[:, None]
     return dict(env=env_name, tasks=int(len(idx)), devices=len(jax.devices()),
                 streams=cfg.n_streams, steps_per_stream=cfg.steps_per_stream,
                 env_steps=stats["env_steps"], compile_s=stats["compile_s"],
-                run_s=stats["run_s"], wall_s=wall, chunk=stats["chunk"],
+                run_s=stats["run_s"], wall_s=wall, chunk=stats["chunk"], block=block,
                 steps_per_s=stats["env_steps"] / stats["run_s"],
                 last5_pct_opt=float(100 * frac[:, -5:].mean()),
                 first_pct_opt=float(100 * frac[:, 0].mean()))
@@ -65,10 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=1,
                    help="XLA CPU devices to split tasks over (default 1)")
     p.add_argument("--only", default=None, help="comma-separated case labels")
+    p.add_argument("--block", type=int, default=None,
+                   help="tasks vmapped together per device (default: collect.DEFAULT_BLOCK)")
     p.add_argument("--one", nargs=2, metavar=("ENV", "N"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print("RESULT " + json.dumps(one_case(args.one[0], int(args.one[1]), args.quick)))
+        print("RESULT " + json.dumps(one_case(args.one[0], int(args.one[1]), args.quick,
+                                              args.block)))
         return 0
     n_dev = args.devices
     env_vars = {**os.environ,
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, env_name, n in cases:
         cmd = [sys.executable, __file__, "--one", env_name, str(n)] + (["--quick"] * args.quick)
+        cmd += [] if args.block is None else ["--block", str(args.block)]
         out = subprocess.run(cmd, env=env_vars, capture_output=True, text=True)
         line = [s for s in out.stdout.splitlines() if s.startswith("RESULT ")]
         if out.returncode or not line:

@@ -2,8 +2,8 @@
 
 1. Cost of planning one real step (beam search from a full real context) with the
    key/value cache versus re-running the whole context for every beam at every depth (the
-   paper code's cost model, kept as ``world_model.uncached``), at ``n_transit`` 80, beam 10,
-   depth 8, paper model size, batched over the 8 Darkroom test tasks.
+   paper code's cost model, kept as ``planning.world_model.uncached``), at ``n_transit``
+   80, beam 10, depth 8, paper model size, batched over the 8 Darkroom test tasks.
 2. Meta-test throughput of the one-jit rollout (env steps/s over all test tasks), planner
    off (policy), on (beam), and on with the context look-ups (explore + reward memory).
 
@@ -17,7 +17,6 @@ Weights are random: cost does not depend on their values. Compile time is measur
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -29,12 +28,19 @@ import jax.numpy as jnp
 import numpy as np
 
 import dicp_envs
-from dicp_jax.codec import codec_for
+from dicp_jax import codecs
 from dicp_jax.evaluate import EvalConfig, make_evaluate
-from dicp_jax.model import DICPTransformer, ModelConfig, init_params, token_pos
-from dicp_jax.planner import PlanConfig, action_token, beam_search, state_token
+from dicp_jax.model import (
+    DICPTransformer,
+    ModelConfig,
+    action_token,
+    init_params,
+    state_token,
+    token_pos,
+)
+from dicp_jax.planning.beam import BeamConfig, beam_search
+from dicp_jax.planning.world_model import cached, uncached
 from dicp_jax.rng import task_keys
-from dicp_jax.world_model import cached, uncached
 
 RESULTS = Path(__file__).resolve().parent / "results" / "planner.json"
 
@@ -58,22 +64,22 @@ def full_context(wm, codec, n_transit: int, key: jax.Array):
     cache = wm.init_cache(length)
     k_obs, k_act = jax.random.split(key)
     obs = jax.random.randint(k_obs, (n_transit, 2), 0, 9)
-    acts = jax.random.randint(k_act, (n_transit,), 0, codec.n_actions)
+    acts = jax.random.randint(k_act, (n_transit,), 0, codec.action.n)
     for t in range(n_transit):  # host loop: set-up only, not timed
-        tok = state_token(obs[t], 0.0, t % 20 == 0, t)
+        tok = state_token(codec, obs[t], 0.0, t % 20 == 0, t)
         heads, entries = wm.decode(tok, (cache,))
         cache = wm.write(cache, entries, tok, token_pos(tok) % length)
         if t < n_transit - 1:
-            tok = action_token(2, acts[t], t)
+            tok = action_token(codec, acts[t], t)
             _, entries = wm.decode(tok, (cache,))
             cache = wm.write(cache, entries, tok, token_pos(tok) % length)
     return cache, heads.action_logits[0]
 
 
-def plan_cost(model, params, codec, mcfg, plan: PlanConfig, n_tasks: int, repeats: int):
+def plan_cost(model, params, codec, mcfg, plan: BeamConfig, n_tasks: int, repeats: int):
     rows = {}
     for name, wm in (("cached", cached(model, params)),
-                     ("uncached", uncached(model, params, codec.obs_dim))):
+                     ("uncached", uncached(model, params))):
         cache, logits = full_context(wm, codec, mcfg.n_transit, jax.random.PRNGKey(0))
         caches = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_tasks, *x.shape)), cache)
         step = jnp.int32(mcfg.n_transit - 1)
@@ -91,16 +97,16 @@ def plan_cost(model, params, codec, mcfg, plan: PlanConfig, n_tasks: int, repeat
     return rows
 
 
-def throughput(model, params, codec, mcfg, env, plan: PlanConfig, episodes: int,
+def throughput(model, params, codec, mcfg, env, plan: BeamConfig, episodes: int,
                repeats: int):
     idx = dicp_envs.split_indices("darkroom", "test")
     tasks = env.params_for(np.asarray(env.task_list())[idx])
     keys = task_keys(jax.random.PRNGKey(0), idx)
     rows = {}
-    modes = {"policy": dict(planner="policy", plan=plan), "beam": dict(planner="beam", plan=plan),
-             # the Darkroom experiment's planner: novelty before a reward, reward memory
-             "beam+explore+memory": dict(planner="beam", before_reward="explore",
-                                         plan=dataclasses.replace(plan, reward_memory=True))}
+    modes = {"policy": dict(planner="policy"), "beam": dict(planner="beam", plan=plan),
+             # the Darkroom experiment's look-ups: novelty before a reward, reward memory
+             "beam+explore+memory": dict(planner="beam", plan=plan, before_reward="explore",
+                                         reward_memory=True)}
     for name, mode in modes.items():
         cfg = EvalConfig(episodes=episodes, plan_start=0, **mode)
         evaluate = make_evaluate(env, lambda p: cached(model, p), codec, cfg, mcfg.n_transit)
@@ -125,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     env, _ = dicp_envs.make("darkroom")
-    codec = codec_for(env)
+    codec = codecs.for_env(env)
     if args.quick:
         mcfg, plan, episodes, repeats = ModelConfig(n_transit=8, width=16, n_layers=1), \
-            PlanConfig(beam_size=3, depth=2), 1, 1
+            BeamConfig(beam_size=3, depth=2), 1, 1
     else:
         mcfg, plan, episodes, repeats = ModelConfig(n_transit=80), \
-            PlanConfig(beam_size=10, depth=8), 5, args.repeats
+            BeamConfig(beam_size=10, depth=8), 5, args.repeats
     model = DICPTransformer(mcfg, codec)
     params = init_params(model, jax.random.PRNGKey(0))
     cost = plan_cost(model, params, codec, mcfg, plan, 8, repeats)

@@ -48,16 +48,17 @@ def train_flops_per_step(model_cfg, codec, batch: int, seq: int) -> float:
     (forward + backward = 3 x forward)."""
     w, m, t = model_cfg.width, model_cfg.mlp, 2 * seq
     per_token_layer = 2 * (3 * w * w + w * w + 2 * w * m) + 2 * 2 * t * w  # dense + attention
-    heads = 2 * w * (codec.n_actions + codec.reward_head_size + codec.obs_head_size + 1)
+    heads = 2 * w * (codec.action.head_size + codec.reward.head_size + codec.obs.head_size
+                     + 1)
     forward = batch * t * (model_cfg.n_layers * per_token_layer + heads)
     return 3.0 * forward
 
 
 def bench_config(name: str, train_cfg, model_cfg, data, mesh, calls: int) -> dict:
-    from dicp_jax.codec import codec_for_name
+    from dicp_jax import codecs
     from dicp_jax.train import init_state, make_train_call
 
-    codec = codec_for_name("darkroom")
+    codec = codecs.for_name("darkroom")
     shape = tuple(data.action.shape[:3])
     call = make_train_call(model_cfg, codec, train_cfg, mesh, shape)
     state = init_state(model_cfg, codec, train_cfg, mesh)
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     from jax.sharding import Mesh
 
     from dicp_jax import config as cfglib
-    from dicp_jax.data import prepare, synthetic_history, to_device
+    from dicp_jax.data import prepare, to_device
+    from dicp_jax.testing import synthetic_history
     from dicp_jax.train import preset_configs
 
     mesh = Mesh(np.array(jax.devices()), ("data",))

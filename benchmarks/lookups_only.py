@@ -2,7 +2,7 @@
 
 The Darkroom experiment's planner (beam 10, depth 8, ``before_reward="explore"``,
 ``reward_memory``) runs on the 40 test goals of splits 0-4 with the *true* dynamics behind
-the world-model interface (``tests/oracle.py``) but no learned policy or reward: actions are
+the world-model interface (``dicp_jax.testing.oracle``) but no learned policy or reward: actions are
 ranked in a uniformly random order and every predicted reward is 0, so only the novelty and
 the recalled rewards steer. Same meta-test keys as the experiment (seed 0).
 
@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.oracle
-
-import dicp_envs  # noqa: E402
-from dicp_jax.codec import codec_for  # noqa: E402
-from dicp_jax.evaluate import EvalConfig, make_rollout  # noqa: E402
-from dicp_jax.planner import PlanConfig  # noqa: E402
-from dicp_jax.results import markdown, summarise  # noqa: E402
-from dicp_jax.rng import task_keys  # noqa: E402
-from tests.oracle import oracle  # noqa: E402
+import dicp_envs
+from dicp_jax import codecs
+from dicp_jax.evaluate import EvalConfig, make_rollout
+from dicp_jax.planning.beam import BeamConfig
+from dicp_jax.results import markdown, summarise
+from dicp_jax.rng import task_keys
+from dicp_jax.testing import oracle
 
 RESULTS = Path(__file__).parent / "results" / "lookups_only.json"
 
@@ -40,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     env, _ = dicp_envs.make("darkroom")
-    codec = codec_for(env)
+    codec = codecs.for_env(env)
     cfg = EvalConfig(episodes=args.episodes, planner="beam", plan_start=0,
-                     before_reward="explore",
-                     plan=PlanConfig(beam_size=10, depth=8, reward_memory=True))
+                     before_reward="explore", reward_memory=True,
+                     plan=BeamConfig(beam_size=10, depth=8))
 
     def run(task, key):
         wm = oracle(env, task, jnp.zeros(env.num_actions), zero_reward=True)

@@ -2,7 +2,7 @@
 
 Why this exists
 ---------------
-Our JAX PPO (``dicp_jax/ppo.py``) sometimes "collapses" late on some Darkroom goals: the
+Our JAX PPO (``dicp_jax/sources/ppo.py``) sometimes "collapses" late on some Darkroom goals: the
 return falls back to ~0 after it has been high. This script runs the real SB3 PPO at the
 same settings on the same environment, so we can tell whether such collapses are a property
 of PPO at these hyper-parameters (SB3 shows them too) or a bug in our re-implementation.
@@ -248,7 +248,7 @@ def main() -> None:
 
     out = {
         "description": "SB3 PPO on single Darkroom goals; reference for issue #3 "
-        "(compare with dicp_jax/ppo.py). Curves are per-episode means over the 100 copies.",
+        "(compare with dicp_jax/sources/ppo.py). Curves are per-episode means over the 100 copies.",
         "settings": {
             "grid": GRID,
             "horizon": HORIZON,

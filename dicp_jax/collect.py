@@ -2,8 +2,8 @@
 
 ``make_collect(env, cfg)`` returns a pure function ``(keys[N], env_params[N]) ->
 (History [N, S, T, ...], episode_returns [N, E])``: the source's one-task learner
-(``ppo.make_learner``: a ``lax.scan`` over updates, each a scanned rollout and a scanned
-update) mapped over tasks. No Python loop per step or update, so XLA sees the whole learner.
+(``make_learner`` of the source whose config ``cfg`` is, e.g. PPO's ``lax.scan`` over
+updates) mapped over tasks. No Python loop per step or update, so XLA sees the whole learner.
 
 Design choices:
 - Per-task RNG ``fold_in(base_key, task_index)`` (index into ``env.task_list()``) and a
@@ -36,23 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
-from dicp_jax import ppo
+from dicp_jax import sources
 from dicp_jax.history import History
-from dicp_jax.ppo import PPOConfig
+from dicp_jax.reporting import Event, Reporter, silent
 from dicp_jax.rng import task_keys
 
 Array = jax.Array
-
-
-def storage_dtypes(env: Any) -> dict[str, Any]:
-    """Smallest exact dtypes for the grid family: positions < 128, rewards in {0, 1}."""
-    small = getattr(env, "grid_size", 1 << 30) <= 127
-    return {
-        "obs": np.int8 if small else np.int32,
-        "action": np.int8 if env.num_actions <= 127 else np.int32,
-        "reward": np.float16 if small else np.float32,
-        "done": np.bool_,
-    }
 
 
 def seed_keys(seed: int, task_index: Iterable[int]) -> Array:
@@ -60,7 +49,7 @@ def seed_keys(seed: int, task_index: Iterable[int]) -> Array:
     return task_keys(jax.random.PRNGKey(seed), task_index)
 
 
-def make_collect(env: Any, cfg: PPOConfig, block: int = 1
+def make_collect(env: Any, cfg: Any, block: int = 1
                  ) -> Callable[[Array, Any], tuple[History, Array]]:
     """Pure ``(keys [N, 2], env_params [N]) -> (History [N, S, T], episode_returns [N, E])``.
 
@@ -70,7 +59,7 @@ def make_collect(env: Any, cfg: PPOConfig, block: int = 1
     block) only. Vmapping over all N tasks was not: XLA CPU emitted the batched ops
     differently for other batch sizes (other rounding, then other sampled actions). The
     task axis is split across devices by ``collect`` (see ``compile_collect``)."""
-    learn = ppo.make_learner(env, cfg, storage_dtypes(env))
+    learn = sources.for_config(cfg).make_learner(env, cfg, env.storage_dtypes())
 
     def run_chunk(keys: Array, env_params: Any) -> tuple[History, Array]:
         hist = jax.lax.map(lambda a: learn(*a), (keys, env_params),
@@ -96,10 +85,10 @@ def episode_returns(reward: Array, done: Array, horizon: int) -> Array:
 
 
 # -- driver ----------------------------------------------------------------------------------
-def bytes_per_task(env: Any, cfg: PPOConfig) -> int:
+def bytes_per_task(env: Any, cfg: Any) -> int:
     """Device memory per task while a chunk runs: records (x2 for the final transpose) plus
     the rollout buffer and minibatch index tables (float32)."""
-    dt = storage_dtypes(env)
+    dt = env.storage_dtypes()
     per_step = (2 * env.obs_dim * np.dtype(dt["obs"]).itemsize + np.dtype(dt["action"]).itemsize
                 + np.dtype(dt["reward"]).itemsize + 1)
     records = 2 * per_step * cfg.n_streams * cfg.steps_per_stream
@@ -116,7 +105,7 @@ MIN_CHUNKS = 4
 DEFAULT_BLOCK = 4
 
 
-def chunk_size_for(env: Any, cfg: PPOConfig, n_tasks: int, n_devices: int,
+def chunk_size_for(env: Any, cfg: Any, n_tasks: int, n_devices: int,
                    memory_budget: float = 2 * 2**30, chunk_size: int | None = None,
                    block: int = DEFAULT_BLOCK) -> int:
     """Tasks per jitted call: a multiple of ``n_devices * block`` (every device runs whole
@@ -139,7 +128,7 @@ def chunk_size_for(env: Any, cfg: PPOConfig, n_tasks: int, n_devices: int,
 _COMPILED: dict = {}
 
 
-def compile_collect(env: Any, cfg: PPOConfig, per_device: int, devices: list | None = None,
+def compile_collect(env: Any, cfg: Any, per_device: int, devices: list | None = None,
                     block: int = DEFAULT_BLOCK) -> tuple[list, float]:
     """``make_collect`` for ``per_device`` tasks, compiled once per device (default: all),
     in parallel threads; returns (executables in device order, compile seconds).
@@ -176,17 +165,18 @@ def compile_collect(env: Any, cfg: PPOConfig, per_device: int, devices: list | N
     return [_COMPILED[(program, d.id)] for d in devices], time.perf_counter() - t0
 
 
-def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
+def collect(env: Any, task_index: np.ndarray, cfg: Any, *,
             on_chunk: Callable[[np.ndarray, History, np.ndarray], None] | None = None,
             chunk_size: int | None = None, memory_budget: float = 2 * 2**30,
-            devices: list | None = None, progress: bool = False,
+            devices: list | None = None, report: Reporter = silent,
             stats: dict | None = None,
             block: int = DEFAULT_BLOCK) -> tuple[History, np.ndarray] | None:
     """Run PPO on ``task_index`` (indices into ``env.task_list()``), chunk by chunk.
 
     With ``on_chunk`` each finished chunk ``(task_index, History, returns)`` is passed on
     and nothing is kept; without it the concatenated numpy result is returned. ``stats``
-    (if given) receives ``compile_s``, ``run_s``, ``chunk`` and ``env_steps``."""
+    (if given) receives ``compile_s``, ``run_s``, ``chunk`` and ``env_steps``; ``report``
+    a "collect" progress event per chunk (tasks done, env steps per second)."""
     task_index = np.asarray(task_index, dtype=np.int64)
     devices = list(jax.devices() if devices is None else devices)
     chunk = chunk_size_for(env, cfg, max(len(task_index), 1), len(devices), memory_budget,
@@ -194,10 +184,9 @@ def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
     per_device = chunk // len(devices)
     compiled, compile_s = compile_collect(env, cfg, per_device, devices, block)
     all_tasks = np.asarray(env.task_list(), dtype=np.int32)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(task_index), unit="task", desc=f"collect (chunk {chunk})")
+    desc = f"collect (chunk {chunk})"
+    report(Event("progress", desc, {"name": "collect", "done": 0, "total": len(task_index),
+                                    "unit": "task"}))
     kept: list[tuple[History, np.ndarray]] = []
     run_s, steps_per_task = 0.0, cfg.n_streams * cfg.steps_per_stream
     for s in range(0, len(task_index), chunk):
@@ -219,11 +208,9 @@ def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
             on_chunk(idx, hist, rets)
         else:
             kept.append((hist, rets))
-        if bar is not None:
-            bar.update(len(idx))
-            bar.set_postfix(steps_per_s=f"{(s + len(idx)) * steps_per_task / run_s:,.0f}")
-    if bar is not None:
-        bar.close()
+        report(Event("progress", desc, {
+            "name": "collect", "done": s + len(idx), "total": len(task_index), "unit": "task",
+            "postfix": {"steps_per_s": f"{(s + len(idx)) * steps_per_task / run_s:,.0f}"}}))
     if stats is not None:
         stats.update(compile_s=compile_s, run_s=run_s, chunk=chunk,
                      env_steps=len(task_index) * steps_per_task)
@@ -233,10 +220,10 @@ def collect(env: Any, task_index: np.ndarray, cfg: PPOConfig, *,
     return hist, np.concatenate([r for _, r in kept])
 
 
-def collect_dataset(env_name: str, out: str | Path, cfg: PPOConfig | None = None, *,
+def collect_dataset(env_name: str, out: str | Path, cfg: Any | None = None, *,
                     split: str = "all", n_tasks: int | None = None,
                     task_index: Any = None, resume: bool = False,
-                    overwrite: bool = False, progress: bool = True,
+                    overwrite: bool = False, report: Reporter = silent,
                     chunk_size: int | None = None, memory_budget: float = 2 * 2**30,
                     stats: dict | None = None, block: int = DEFAULT_BLOCK,
                     devices: list | None = None, **env_kwargs: Any) -> dict:
@@ -251,8 +238,9 @@ def collect_dataset(env_name: str, out: str | Path, cfg: PPOConfig | None = None
     from dicp_jax.history import DatasetWriter
 
     env, _ = dicp_envs.make(env_name, **env_kwargs)
-    cfg = ppo.paper_ppo_config(env_name) if cfg is None else cfg
+    cfg = sources.get("ppo").paper_config(env_name) if cfg is None else cfg
     cfg.validate()
+    source = sources.for_config(cfg)
     if task_index is not None:
         idx, split = np.asarray(task_index, np.int64), "subset"
     else:
@@ -260,8 +248,8 @@ def collect_dataset(env_name: str, out: str | Path, cfg: PPOConfig | None = None
     idx = idx if n_tasks is None else idx[:n_tasks]
     tasks = np.asarray(env.task_list(), dtype=np.int32)[idx]
     header = dict(env_name=env_name, env_kwargs=env_kwargs, split=split,
-                  task_index=idx, tasks=tasks, ppo=to_dict(cfg), seed=cfg.seed,
-                  source_algorithm="PPO (Stable-Baselines3 MlpPolicy semantics, dicp_jax.ppo)",
+                  task_index=idx, tasks=tasks, source=source.NAME, source_config=to_dict(cfg),
+                  seed=cfg.seed, source_algorithm=source.DESCRIPTION,
                   task_seed="jax.random.fold_in(PRNGKey(seed), task_index)",
                   tasks_per_block=block, version=__version__)
     writer = DatasetWriter(out, header, resume=resume, overwrite=overwrite)
@@ -269,6 +257,6 @@ def collect_dataset(env_name: str, out: str | Path, cfg: PPOConfig | None = None
     todo = np.asarray([i for i in idx if int(i) not in done], dtype=np.int64)
     if len(todo):
         collect(env, todo, cfg, on_chunk=writer.write_chunk, chunk_size=chunk_size,
-                memory_budget=memory_budget, progress=progress, stats=stats, block=block,
+                memory_budget=memory_budget, report=report, stats=stats, block=block,
                 devices=devices)
     return writer.finalize()

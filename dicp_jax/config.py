@@ -20,6 +20,30 @@ class ConfigError(ValueError):
     """A bad key or value in a config; the message lists what is valid."""
 
 
+class Registry:
+    """Named entries of one kind (methods, planners, sources, codecs): what every registry
+    of the library shares. An unknown name is a ``ConfigError`` listing the known ones."""
+
+    def __init__(self, kind: str):
+        self.kind, self._entries = kind, {}
+
+    def register(self, name: str, entry: Any) -> Any:
+        self._entries[name] = entry
+        return entry
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests register toys and clean up after themselves)."""
+        self._entries.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        return self._entries[name]
+
+
 def field_names(cfg_type: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cfg_type)]
 

@@ -2,15 +2,19 @@
 
 No parameter updates: the model acts from its in-context history, a sliding window of the
 last ``n_transit`` transitions kept in a ring-buffer cache of ``2 * n_transit`` token slots
-(across episode boundaries). Each real step appends a state token, picks an action (policy
-head, or beam search with the in-context world model), appends the action token, and steps
-the env inside the same compiled function.
+(across episode boundaries). Each real step appends a state token, picks an action, appends
+the action token, and steps the env inside the same compiled function.
+
+The action is the policy head's (sampled, or its mode with ``greedy``) until the planner is
+in charge (``plan_start``, ``before_reward``); from then on it is the action of the planner
+named by ``EvalConfig.planner``, taken from the registry (``dicp_jax.planning``), so the
+rollout knows no planner and a new one needs no change here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -19,49 +23,80 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dicp_jax import config as cfglib
+from dicp_jax import planning
 from dicp_jax.config import ConfigError
-from dicp_jax.data import observation_is_state
-from dicp_jax.model import token_pos
-from dicp_jax.planner import (
+from dicp_jax.model import action_token, state_token, token_pos
+from dicp_jax.planning import PlanConfig, Situation, WorldModel
+from dicp_jax.planning.lookups import (
     Context,
-    PlanConfig,
-    action_token,
-    beam_search,
+    Lookups,
+    check_lookups,
     empty_context,
+    make_scorer,
     remember,
-    state_token,
 )
 from dicp_jax.rng import task_keys
-from dicp_jax.world_model import WorldModel
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     episodes: int = 50
-    planner: Literal["policy", "beam"] = "beam"
-    greedy: bool = False  # policy mode: argmax instead of sampling from the imitation head
+    planner: str = "beam"  # a registered planner (``dicp_jax.planning.names()``)
+    # The planner's own config (its registered type); left at the base ``PlanConfig()``, it
+    # becomes the planner's defaults.
     plan: PlanConfig = PlanConfig()
+    greedy: bool = False  # the policy's action: argmax instead of a sample from its head
     plan_start: int | None = None  # real transitions in context before planning (None: n_transit)
     # While the real context holds no rewarded transition: "plan" on predicted rewards (the
     # paper), act with the imitation "policy" (with rewards unseen, the predictions carry no
     # evidence, and planning towards their false alarms replaced the imitated exploration),
-    # or "explore": plan towards the observations the context has arrived at least often.
+    # or "explore": plan towards the observations the context has arrived at least often
+    # (a look-up beyond the paper, ``planning.lookups``).
     before_reward: Literal["plan", "policy", "explore"] = "plan"
+    # Beyond the paper (``planning.lookups``): imagined arrivals at observations the context
+    # has arrived at take the reward observed there.
+    reward_memory: bool = False
     trajectories: bool = False  # also return per-step observations, actions and rewards
+
+    def __post_init__(self) -> None:
+        if type(self.plan) is PlanConfig and self.planner in planning.names():
+            object.__setattr__(self, "plan", planning.get(self.planner).config())
+
+    @property
+    def lookups(self) -> Lookups:
+        """The look-ups beyond the paper that this config turns on."""
+        return Lookups(explore=self.before_reward == "explore",
+                               reward_memory=self.reward_memory)
 
     def validate(self) -> None:
         if self.episodes < 1:
             raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
-        if self.planner not in ("policy", "beam"):
-            raise ConfigError(f"planner must be 'policy' or 'beam', got {self.planner!r}")
+        planner = planning.get(self.planner)
+        if type(self.plan) is not planner.config:
+            raise ConfigError(f"planner {self.planner!r} takes a {planner.config.__name__} "
+                              f"as plan, got {self.plan!r}")
+        self.plan.validate()
         if self.before_reward not in ("plan", "policy", "explore"):
             raise ConfigError("before_reward must be 'plan', 'policy' or 'explore', "
                               f"got {self.before_reward!r}")
         if self.plan_start is not None and self.plan_start < 0:
             raise ConfigError(f"plan_start must be >= 0 or None, got {self.plan_start}")
-        if not isinstance(self.plan, PlanConfig):
-            raise ConfigError(f"plan must be a PlanConfig, got {self.plan!r}")
-        self.plan.validate()
+        if self.lookups.on and not planner.uses_scorer:
+            raise ConfigError(f"the look-ups (before_reward='explore', reward_memory) score "
+                              f"imagined steps; planner {self.planner!r} imagines none: turn "
+                              "them off or use a planner that searches (e.g. beam)")
+
+
+def config_from_dict(data: Mapping[str, Any]) -> EvalConfig:
+    """An EvalConfig from its JSON form (``config.to_dict``). The plan's fields are read into
+    the named planner's own config type, which the generic ``config.from_dict`` cannot know."""
+    data = dict(data)
+    plan, name = data.pop("plan", {}), str(data.pop("planner", EvalConfig.planner))
+    if not isinstance(plan, Mapping):
+        raise ConfigError(f"plan is a nested planner config, not a value: got {plan!r}")
+    plan = cfglib.from_dict(planning.get(name).config, dict(plan))
+    return cfglib.replace(EvalConfig(planner=name, plan=plan), **data)
 
 
 class Rollout(NamedTuple):
@@ -78,51 +113,51 @@ class Carry(NamedTuple):
     first: jax.Array
     step: jax.Array
     last_reward_step: jax.Array  # step of the latest rewarded transition (-n_transit - 1: none)
-    context: Context  # the last n_transit + 1 state tokens' observations and arrival rewards
+    context: Context  # the last n_transit + 1 arrivals (kept while look-ups are on)
     cache: Any
     key: jax.Array
 
 
 def check_env(env: Any, cfg: EvalConfig) -> None:
     """Refuse options the env cannot support (called before any collection or training)."""
-    if cfg.planner == "beam" and cfg.plan.reward_memory and not observation_is_state(env):
-        raise ConfigError(
-            f"reward_memory assumes the observation is the state (a reward is the arrival's), "
-            f"which {type(env).__name__} does not satisfy (e.g. a hidden key); turn it off")
+    check_lookups(env, cfg.lookups)
 
 
 def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
                  n_transit: int) -> Callable[[Any, jax.Array], Rollout]:
     """One task's meta-test: ``rollout(env_params, key) -> Rollout`` (pure, vmappable)."""
+    cfg.validate()
     check_env(env, cfg)
+    plan = planning.get(cfg.planner).make(wm, codec, cfg.plan)
+    looks = cfg.lookups
     length = 2 * n_transit
     plan_start = n_transit if cfg.plan_start is None else cfg.plan_start
     n_steps = cfg.episodes * env.horizon
 
     def act(carry: Carry, key: jax.Array) -> tuple[Carry, jax.Array]:
-        tok = state_token(carry.obs, carry.prev_reward, carry.first, carry.step)
+        tok = state_token(codec, carry.obs, carry.prev_reward, carry.first, carry.step)
         heads, entries = wm.decode(tok, (carry.cache,))
         cache = wm.write(carry.cache, entries, tok, token_pos(tok) % length)
         logits = heads.action_logits[0]
         key_policy, key_plan = jax.random.split(key)
-        context = remember(carry.context, carry.step % (n_transit + 1), carry.obs,
-                           carry.prev_reward, carry.first)
         if cfg.greedy:
-            action = jnp.argmax(logits).astype(jnp.int32)
+            policy_action = codec.action.mode(logits)
         else:
-            action = jax.random.categorical(key_policy, logits).astype(jnp.int32)
-        if cfg.planner == "beam":
-            steps_left = env.horizon - carry.env_state.time
-            # the context holds steps step - n_transit .. step - 1
-            rewarded = carry.last_reward_step >= carry.step - n_transit
-            explore = (cfg.before_reward == "explore") & ~rewarded
-            planned = beam_search(wm, codec, cfg.plan, cache, logits, carry.step, steps_left,
-                                  key_plan, context, explore)
-            plan = carry.step >= plan_start
-            if cfg.before_reward == "policy":
-                plan &= rewarded
-            action = jnp.where(plan, planned, action)
-        tok = action_token(codec.obs_dim, action, carry.step)
+            policy_action = codec.action.sample(key_policy, logits)
+        context = carry.context
+        if looks.on:
+            context = remember(context, carry.step % (n_transit + 1), carry.obs,
+                               carry.prev_reward, carry.first)
+        # the context holds steps step - n_transit .. step - 1
+        rewarded = carry.last_reward_step >= carry.step - n_transit
+        now = Situation(cache=cache, action_logits=logits, policy_action=policy_action,
+                        step=carry.step, steps_left=env.horizon - carry.env_state.time,
+                        scorer=make_scorer(looks, context, rewarded))
+        in_charge = carry.step >= plan_start
+        if cfg.before_reward == "policy":
+            in_charge &= rewarded
+        action = jnp.where(in_charge, plan(now, key_plan), policy_action)
+        tok = action_token(codec, action, carry.step)
         _, entries = wm.decode(tok, (cache,))
         cache = wm.write(cache, entries, tok, token_pos(tok) % length)
         return carry._replace(cache=cache, context=context), action
@@ -142,7 +177,8 @@ def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
         key_reset, key = jax.random.split(key)
         obs, env_state = env.reset(key_reset, params)
         carry = Carry(env_state, obs, jnp.float32(0.0), jnp.array(True), jnp.int32(0),
-                      jnp.int32(-n_transit - 1), empty_context(n_transit + 1, codec.obs_dim),
+                      jnp.int32(-n_transit - 1),
+                      empty_context(n_transit + 1, codec.obs.dim, codec.obs.dtype),
                       wm.init_cache(length), key)
         _, (obs_seq, actions, rewards) = jax.lax.scan(
             lambda c, x: step(c, x, params), carry, None, length=n_steps)
@@ -177,21 +213,15 @@ def make_evaluate(env: Any, wm_factory: Callable[[Any], WorldModel], codec: Any,
                                  out_specs=P("tasks"), check_vma=False))
 
 
-def paper_depth(env: Any) -> int:
-    """The paper's depth limit: grid - 1 on Darkroom, 2 (grid - 1) on the longer-horizon envs."""
-    return env.grid_size - 1 if env.horizon <= 20 else 2 * (env.grid_size - 1)
-
-
 def evaluate_run(trained: Any, task_index: Any, cfg: EvalConfig, seed: int = 0,
                  cached_model: bool = True) -> Rollout:
     """Meta-test a trained model (``train.load_trained``) on tasks given by global index."""
     import dicp_envs
-    from dicp_jax.world_model import cached, uncached
 
     env, _ = dicp_envs.make(trained.env_name)
     task_index = np.asarray(task_index, np.int64)
-    factory = ((lambda p: cached(trained.model, p)) if cached_model else
-               (lambda p: uncached(trained.model, p, trained.codec.obs_dim)))
+    factory = ((lambda p: planning.cached(trained.model, p)) if cached_model else
+               (lambda p: planning.uncached(trained.model, p)))
     devices = jax.devices()
     evaluate = make_evaluate(env, factory, trained.codec, cfg, trained.model_cfg.n_transit,
                              devices)

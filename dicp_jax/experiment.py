@@ -1,24 +1,52 @@
-"""``make train``: collect -> train -> meta-test (DICP and AD) -> table + plot.
+"""``make train``: collect -> train -> meta-test every row -> table + plot.
 
-An experiment is a JSON file in ``experiments/`` naming the env, the training preset, and
-overrides for each stage's config (checked against the stage's dataclass before any work).
-Each stage reuses a valid artefact (dataset, final checkpoint, evaluation) unless
-``force``; splits are train/test split seeds, one model per split, histories shared.
+An experiment is a JSON file in ``experiments/`` naming the env, the training preset,
+overrides for each stage's config, and the rows of its results table. A row is data: a
+label, a method, a planner and its eval settings (``EvalConfig`` / ``PlanConfig``
+overrides), and whether it follows the paper, so a new comparison is a new row, not new
+code. The source learner (PPO) is always a row too, read off the dataset. Every override
+is checked against its stage's dataclass before any work.
+
+Each stage reuses a valid artefact (dataset, final checkpoint, each row's meta-test)
+unless ``force``; splits are train/test split seeds, one model per split, histories
+shared. Progress and messages go to a ``reporting.Reporter`` (the CLI passes the console).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dicp_jax import config as cfglib
+from dicp_jax.reporting import Event, Reporter, silent
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
+SOURCE_LABEL = "PPO"  # the row of the source learner's own episodes, always reported
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of the results table: the split's checkpoint of ``method`` meta-tested with
+    ``planner`` under ``settings`` (EvalConfig / PlanConfig overrides). ``paper`` says the
+    row's method and planner settings are the paper's; ``notes`` say what else the table's
+    reader needs (e.g. an experiment-specific setting)."""
+
+    label: str
+    planner: str
+    method: str = "ad"
+    paper: bool = False
+    settings: dict = dataclasses.field(default_factory=dict)
+    notes: str = ""
+
+    def __hash__(self) -> int:  # dict field: hash by label (rows are compared by value)
+        return hash(self.label)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,11 +54,11 @@ class Experiment:
     name: str
     env: str
     preset: str = "cpu"
-    collect: dict = dataclasses.field(default_factory=dict)  # PPOConfig overrides
+    collect: dict = dataclasses.field(default_factory=dict)  # source (PPO) config overrides
     model: dict = dataclasses.field(default_factory=dict)  # ModelConfig overrides
+    codec: dict = dataclasses.field(default_factory=dict)  # the env codec's option overrides
     train: dict = dataclasses.field(default_factory=dict)  # TrainConfig overrides
-    dicp: dict = dataclasses.field(default_factory=dict)  # EvalConfig/PlanConfig overrides
-    ad: dict = dataclasses.field(default_factory=dict)  # EvalConfig overrides (policy mode)
+    rows: tuple[Row, ...] = ()  # meta-tested rows of the table, in order
     splits: tuple[int, ...] | None = None  # split seeds (None: the env's registered seed)
     tasks: int | None = None  # collect a seeded random subset of this many tasks (None: all)
     test_tasks: int | None = None  # meta-test the first N of a split's test tasks (None: all)
@@ -41,9 +69,58 @@ class Experiment:
         return hash(self.name)
 
 
+def parse_rows(rows: Any) -> tuple[Row, ...]:
+    """The ``rows`` list of an experiment file as ``Row`` records; refuses a missing or
+    mistyped field, an unknown method or planner, and a label used twice (or the source's)."""
+    from dicp_jax import methods
+    from dicp_jax.stages import PLANNERS
+
+    if not isinstance(rows, list) or not rows:
+        raise cfglib.ConfigError(f"rows must be a non-empty list of row objects, got {rows!r}")
+    fields = {f.name for f in dataclasses.fields(Row)}
+    out = []
+    for i, row in enumerate(rows):
+        where = f"rows[{i}]"
+        if not isinstance(row, dict):
+            raise cfglib.ConfigError(f"{where} must be an object, got {row!r}")
+        unknown = sorted(set(row) - fields)
+        if unknown:
+            raise cfglib.ConfigError(f"{where}: unknown key(s) {unknown}; valid: "
+                                     f"{sorted(fields)}")
+        for key in ("label", "planner"):
+            if key not in row:
+                raise cfglib.ConfigError(f"{where}: missing key {key!r}")
+        where = f"row {row['label']!r}"
+        checks = (("label", str, "a name"), ("planner", str, "a planner name"),
+                  ("method", str, "a method name"), ("paper", bool, "true or false"),
+                  ("settings", dict, "an object of eval/plan overrides"),
+                  ("notes", str, "a string"))
+        for key, typ, what in checks:
+            if key in row and not isinstance(row[key], typ):
+                raise cfglib.ConfigError(f"{where}: {key} must be {what}, got {row[key]!r}")
+        if not row["label"].strip():
+            raise cfglib.ConfigError(f"{where}: label must not be empty")
+        if row["planner"] not in PLANNERS:
+            raise cfglib.ConfigError(f"{where}: unknown planner {row['planner']!r}; valid: "
+                                     f"{', '.join(PLANNERS)}")
+        if row.get("method", "ad") not in methods.names():
+            raise cfglib.ConfigError(f"{where}: unknown method {row['method']!r}; valid: "
+                                     f"{', '.join(methods.names())}")
+        if "planner" in row.get("settings", {}):
+            raise cfglib.ConfigError(f"{where}: set the row's planner, not settings.planner")
+        out.append(Row(**row))
+    labels = [r.label for r in out]
+    twice = sorted({x for x in labels if labels.count(x) > 1} | ({SOURCE_LABEL} & set(labels)))
+    if twice:
+        raise cfglib.ConfigError(f"row label(s) {twice} used twice (the source learner's row "
+                                 f"is {SOURCE_LABEL!r}): each row needs its own label")
+    return tuple(out)
+
+
 def load_experiment(name_or_path: str) -> Experiment:
-    """Read and check an experiment file: every key, every stage override (against the
-    stage's config) and the task counts, so a mistake is refused before any work starts."""
+    """Read and check an experiment file: every key, every row, every stage override
+    (against the stage's config) and the task counts, so a mistake is refused before any
+    work starts."""
     path = Path(name_or_path)
     if not path.suffix:
         path = EXPERIMENTS / f"{name_or_path}.json"
@@ -62,9 +139,15 @@ def load_experiment(name_or_path: str) -> Experiment:
     valid = set(fields) - {"name"}
     unknown = sorted(set(data) - valid)
     if unknown:
-        raise cfglib.ConfigError(f"{path}: unknown key(s) {unknown}; valid: {sorted(valid)}")
-    if "env" not in data:
-        raise cfglib.ConfigError(f"{path}: missing key 'env' (one of the envs of `dicp list`)")
+        hint = (" (the dicp/ad slots are rows now: \"rows\": [{\"label\": ..., \"planner\": "
+                "\"beam\", \"settings\": {...}}, ...])" if {"dicp", "ad"} & set(unknown) else "")
+        raise cfglib.ConfigError(f"{path}: unknown key(s) {unknown}; valid: "
+                                 f"{sorted(valid)}{hint}")
+    for k in ("env", "rows"):
+        if k not in data:
+            what = ("one of the envs of `dicp list`" if k == "env"
+                    else "the meta-tested rows of the table")
+            raise cfglib.ConfigError(f"{path}: missing key {k!r} ({what})")
     for k, f in fields.items():  # override sections are objects; a list or number is a typo
         if k in data and f.type in (dict, "dict") and not isinstance(data[k], dict):
             raise cfglib.ConfigError(f"{path}: {k} must be an object of overrides, got "
@@ -81,6 +164,10 @@ def load_experiment(name_or_path: str) -> Experiment:
     if not isinstance(data.get("eval_seed", 0), int):
         raise cfglib.ConfigError(f"{path}: eval_seed must be an integer, got "
                                  f"{data['eval_seed']!r}")
+    try:
+        data["rows"] = parse_rows(data["rows"])
+    except cfglib.ConfigError as e:
+        raise cfglib.ConfigError(f"{path}: {e}") from None
     exp = Experiment(name=path.stem, **data)
     for k in ("tasks", "test_tasks"):
         v = getattr(exp, k)
@@ -114,7 +201,8 @@ def experiment_tasks(exp: Experiment) -> np.ndarray:
 
 def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, Any]:
     """The typed config of every stage, built from the experiment's overrides by the same
-    builder as the CLI's (``dicp_jax.stages``), so both accept the same keys."""
+    builder as the CLI's (``dicp_jax.stages``), so both accept the same keys: ``ppo``,
+    ``model``, ``codec``, ``train``, and ``eval`` (each row's EvalConfig, by label)."""
     from dicp_jax import stages
 
     def section(name: str, build, *a) -> Any:  # name the section an error comes from
@@ -125,46 +213,57 @@ def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, 
 
     stages.check_env_name(exp.env)
     ppo = section("collect", stages.ppo_config, exp.env, exp.collect)
-    train, model = section("train/model", stages.train_configs, exp.env, exp.preset,
-                           exp.train, exp.model)
+    train, model, codec = section("train/model/codec", stages.train_configs, exp.env,
+                                  exp.preset, exp.train, exp.model, exp.codec)
     if splits_seed is not None:
         train = dataclasses.replace(train, split_seed=splits_seed)
-    dicp = section("dicp", stages.eval_config, exp.env, exp.dicp, "beam")
-    ad = section("ad", stages.eval_config, exp.env, exp.ad, "policy")
-    return dict(ppo=ppo, model=model, train=train, dicp=dicp, ad=ad)
+    evals = {row.label: section(f"row {row.label!r}", stages.eval_config, exp.env,
+                                row.settings, row.planner) for row in exp.rows}
+    return dict(ppo=ppo, model=model, codec=codec, train=train, eval=evals)
 
 
-def _dataset_ok(env_name: str, data_dir: Path, ppo: Any, tasks: np.ndarray) -> bool:
+def row_key(row: Row, eval_cfg: Any, eval_seed: int) -> str:
+    """What a row's meta-test returns are a function of, besides the checkpoint and the
+    tasks: its method, its full EvalConfig and the seed. Not its label, so renaming a row
+    reuses its results."""
+    return json.dumps({"method": row.method, "eval": cfglib.to_dict(eval_cfg),
+                       "eval_seed": eval_seed}, sort_keys=True)
+
+
+def _dataset_ok(env_name: str, data_dir: Path, ppo: Any, tasks: np.ndarray,
+                report: Reporter = silent) -> bool:
     """A complete, uncorrupted dataset of exactly these tasks of this env, collected with
-    these PPO settings."""
+    these PPO settings; ``report`` hears why not."""
     from dicp_jax.history import DatasetError, load_history
 
+    say = lambda text: report(Event("message", text, {"data_dir": str(data_dir)}))
     if not (data_dir / "metadata.json").exists():
         return False
     try:
         _, meta = load_history(data_dir, env_name=env_name, streams=[0], steps=1)
     except DatasetError as e:
-        print(f"dataset {data_dir} is not usable ({e}); collecting again")
+        say(f"dataset {data_dir} is not usable ({e}); collecting again")
         return False
     from dicp_jax.collect import DEFAULT_BLOCK
 
     if meta.raw.get("tasks_per_block") != DEFAULT_BLOCK:
-        print(f"dataset {data_dir} was collected with other task grouping "
-              f"(tasks_per_block {meta.raw.get('tasks_per_block')}); collecting again")
+        say(f"dataset {data_dir} was collected with other task grouping "
+            f"(tasks_per_block {meta.raw.get('tasks_per_block')}); collecting again")
         return False
-    differ = cfglib.diff_dicts(meta.ppo, cfglib.to_dict(ppo))
+    differ = cfglib.diff_dicts(meta.source_config, cfglib.to_dict(ppo))
     if differ:
-        print(f"dataset {data_dir} was collected with other PPO settings {differ}; "
-              "collecting again")
+        say(f"dataset {data_dir} was collected with other PPO settings {differ}; "
+            "collecting again")
         return False
     if sorted(int(i) for i in meta.task_index) != [int(i) for i in tasks]:
-        print(f"dataset {data_dir} holds {len(meta.task_index)} tasks, not the experiment's "
-              f"{len(tasks)}; collecting again")
+        say(f"dataset {data_dir} holds {len(meta.task_index)} tasks, not the experiment's "
+            f"{len(tasks)}; collecting again")
         return False
     return True
 
 
-def _trained_ok(run_dir: Path, env_name: str, model_cfg: Any, train_cfg: Any) -> bool:
+def _trained_ok(run_dir: Path, env_name: str, cfgs: Mapping[str, Any],
+                report: Reporter = silent) -> bool:
     """A finished run under these configs. A run trained under other settings (an edited
     experiment, or a changed default) is moved to ``<run>.stale`` so it is trained again."""
     import shutil
@@ -175,54 +274,59 @@ def _trained_ok(run_dir: Path, env_name: str, model_cfg: Any, train_cfg: Any) ->
         return False
     saved = read_config(run_dir)
     try:
-        check_compatible(saved, env_name, model_cfg, train_cfg, run_dir)
+        check_compatible(saved, env_name, cfgs["model"], cfgs["train"], run_dir, cfgs["codec"])
     except ConfigMismatch as e:
         stale = run_dir.with_name(run_dir.name + ".stale")
         shutil.rmtree(stale, ignore_errors=True)
         run_dir.rename(stale)
-        print(f"{e}\nmoved it to {stale}; training again")
+        report(Event("message", f"{e}\nmoved it to {stale}; training again",
+                     {"run_dir": str(run_dir), "stale": str(stale)}))
         return False
     latest = manager(run_dir, saved["train"]["keep_checkpoints"]).latest_step()
-    return latest is not None and latest >= train_cfg.steps
+    return latest is not None and latest >= cfgs["train"].steps
+
+
+def _stage(report: Reporter, n: int, text: str, **data: Any) -> None:
+    report(Event("stage", f"[{n}/3] {text}", {"stage": n, "of": 3, **data}))
 
 
 def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force: bool = False,
-                   out_root: Path | None = None, progress: bool = True) -> Path:
-    """Run (or reuse) every stage; returns the results directory."""
+                   out_root: Path | None = None, report: Reporter = silent) -> Path:
+    """Run (or reuse) every stage; returns the results directory. Stages, progress bars,
+    each row's meta-test summary and the final table go to ``report``."""
     import shutil
 
     import dicp_envs
     from dicp_jax.collect import collect_dataset
-    from dicp_jax.evaluate import evaluate_run
-    from dicp_jax.history import load_history
-    from dicp_jax.train import load_trained, train
+    from dicp_jax.train import train
 
     out = (out_root or EXPERIMENTS / "results") / exp.name
     data_dir = out / "data"
-    splits = splits or exp.splits or (dicp_envs.spec(exp.env).split_seed,)
+    splits = splits or exp.splits or (dicp_envs.family(exp.env).split_seed,)
     env, _ = dicp_envs.make(exp.env)
-    all_tasks = np.asarray(env.task_list())
 
     cfgs = stage_configs(exp)
     tasks = experiment_tasks(exp)
-    if force or not _dataset_ok(exp.env, data_dir, cfgs["ppo"], tasks):
+    if force or not _dataset_ok(exp.env, data_dir, cfgs["ppo"], tasks, report):
         if force and data_dir.exists():
             shutil.rmtree(data_dir)
         which = "every" if exp.tasks is None else f"a random subset of {len(tasks)}"
-        print(f"[1/3] collecting PPO histories on {which} {exp.env} task(s) -> {data_dir}")
+        _stage(report, 1, f"collecting PPO histories on {which} {exp.env} task(s) -> "
+               f"{data_dir}", data_dir=str(data_dir))
         # No metadata yet: an interrupted collection, resumed chunk by chunk. Otherwise the
         # finished dataset is unusable and is replaced.
         partial = not (data_dir / "metadata.json").exists()
         collect_dataset(exp.env, data_dir, cfgs["ppo"], split="all",
                         task_index=None if exp.tasks is None else tasks, resume=partial,
-                        overwrite=not partial, progress=progress)
+                        overwrite=not partial, report=report)
         runs = out / "runs"
         if runs.exists():  # trained on the histories just replaced
             shutil.rmtree(out / "runs.stale", ignore_errors=True)
             runs.rename(out / "runs.stale")
-            print(f"moved the models trained on the old dataset to {out / 'runs.stale'}")
+            report(Event("message", "moved the models trained on the old dataset to "
+                         f"{out / 'runs.stale'}"))
     else:
-        print(f"[1/3] reusing the dataset in {data_dir}")
+        _stage(report, 1, f"reusing the dataset in {data_dir}", data_dir=str(data_dir))
 
     per_split = []
     for seed in splits:
@@ -230,79 +334,151 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
         run_dir = out / "runs" / f"split{seed}"
         if force and run_dir.exists():
             shutil.rmtree(run_dir)
-        if _trained_ok(run_dir, exp.env, cfgs["model"], cfgs["train"]):
-            print(f"[2/3] split {seed}: reusing the trained model in {run_dir}")
+        if _trained_ok(run_dir, exp.env, cfgs, report):
+            _stage(report, 2, f"split {seed}: reusing the trained model in {run_dir}",
+                   split=seed, run_dir=str(run_dir))
         else:
-            print(f"[2/3] split {seed}: training ({exp.preset} preset) -> {run_dir}")
+            _stage(report, 2, f"split {seed}: training ({exp.preset} preset) -> {run_dir}",
+                   split=seed, run_dir=str(run_dir))
             train(exp.env, data_dir, run_dir, cfgs["train"], cfgs["model"],
-                  resume=(run_dir / "config.json").exists(), progress=progress)
-        per_split.append(_evaluate_split(exp, cfgs, seed, run_dir, data_dir, env, all_tasks,
-                                         force, evaluate_run, load_trained, load_history))
-    return _report(exp, out, per_split, env, splits)
+                  resume=(run_dir / "config.json").exists(), report=report,
+                  codec_cfg=cfgs["codec"])
+        per_split.append(_evaluate_split(exp, cfgs, seed, run_dir, data_dir, env, force,
+                                         report))
+    return _report(exp, out, per_split, env, splits, cfgs, report)
 
 
-def _evaluate_split(exp, cfgs, seed, run_dir, data_dir, env, all_tasks, force, evaluate_run,
-                    load_trained, load_history) -> dict[str, np.ndarray]:
-    """DICP and AD returns on the split's test tasks, plus the source PPO's own curve."""
+def _optimal_returns(env: Any, task_index: np.ndarray) -> np.ndarray | None:
+    """The optimal return of each task, where the env declares that oracle (else None)."""
+    if not env.has_oracle:
+        return None
+    tasks = np.asarray(env.task_list())[task_index]
+    return np.asarray(env.optimal_return(env.params_for(tasks)))
+
+
+def _cached_rows(cache: Path, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Row returns already stored for exactly these test tasks, by ``row_key`` (none from
+    a file of other tasks or of an older format)."""
+    if not cache.exists():
+        return {}
+    saved = np.load(cache)
+    if "keys" not in saved.files or not np.array_equal(saved["task_index"], idx):
+        return {}
+    keys = json.loads(str(saved["keys"]))
+    return {key: saved[name] for name, key in keys.items() if name in saved.files}
+
+
+def _evaluate_split(exp: Experiment, cfgs: Mapping[str, Any], seed: int, run_dir: Path,
+                    data_dir: Path, env: Any, force: bool,
+                    report: Reporter) -> dict[str, np.ndarray]:
+    """Every row's returns on the split's test tasks (reusing rows already meta-tested with
+    the same key in ``meta_test.npz``), plus the source PPO's own curve."""
     import time
 
     import dicp_envs
+    from dicp_jax.evaluate import evaluate_run
+    from dicp_jax.history import load_history
+    from dicp_jax.train import load_trained
 
     cache = run_dir / "meta_test.npz"
-    key = json.dumps({**{k: cfglib.to_dict(cfgs[k]) for k in ("dicp", "ad")},
-                      "test_tasks": exp.test_tasks}, sort_keys=True)
-    if cache.exists() and not force:
-        saved = np.load(cache)
-        if str(saved["config"]) == key:
-            print(f"[3/3] split {seed}: reusing the meta-test results in {cache}")
-            return {k: saved[k] for k in saved.files if k != "config"}
     in_experiment = set(experiment_tasks(exp).tolist())
     idx = np.asarray([i for i in dicp_envs.split_indices(exp.env, "test", seed=seed)
                       if int(i) in in_experiment][:exp.test_tasks], np.int64)
-    trained = load_trained(run_dir)
-    results = {"task_index": idx,
-               "optimal": np.asarray(env.optimal_return(env.params_for(all_tasks[idx])))}
-    for label, name in (("DICP", "dicp"), ("AD", "ad")):
-        t0 = time.perf_counter()
-        results[label] = np.asarray(evaluate_run(trained, idx, cfgs[name], exp.eval_seed).returns)
-        frac = (results[label][:, -10:].mean(1) / results["optimal"]).mean()
-        print(f"[3/3] split {seed}: {label} meta-test on {len(idx)} test tasks x "
-              f"{cfgs[name].episodes} episodes in {time.perf_counter() - t0:.1f} s "
-              f"(last 10 episodes: {frac:.0%} of optimal)")
+    stored = {} if force else _cached_rows(cache, idx)
+    keys = {row.label: row_key(row, cfgs["eval"][row.label], exp.eval_seed) for row in exp.rows}
+    reused = [label for label, key in keys.items() if key in stored]
+    if reused:
+        _stage(report, 3, f"split {seed}: reusing the meta-test results of "
+               f"{', '.join(reused)} in {cache}", split=seed, rows=reused)
+    optimal = _optimal_returns(env, idx)
+    results: dict[str, np.ndarray] = {"task_index": idx}
+    if optimal is not None:
+        results["optimal"] = optimal
+    trained = None
+    for row in exp.rows:
+        key = keys[row.label]
+        if key not in stored:
+            cfg = cfgs["eval"][row.label]
+            if trained is None:
+                trained = load_trained(run_dir)
+            t0 = time.perf_counter()
+            stored[key] = np.asarray(evaluate_run(trained, idx, cfg, exp.eval_seed).returns)
+            secs = time.perf_counter() - t0
+            last = stored[key][:, -10:].mean(1)
+            frac = None if optimal is None else float((last / optimal).mean())
+            shown = (f"{frac:.0%} of optimal" if frac is not None
+                     else f"mean return {last.mean():.2f}")
+            report(Event("metrics", f"[3/3] split {seed}: {row.label} meta-test on {len(idx)} "
+                         f"test tasks x {cfg.episodes} episodes in {secs:.1f} s (last 10 "
+                         f"episodes: {shown})",
+                         {"split": seed, "row": row.label, "seconds": secs,
+                          "last10_return": float(last.mean()), "last10_fraction": frac}))
+        results[row.label] = stored[key]
     _, meta = load_history(data_dir, env_name=exp.env, task_index=idx, streams=[0], steps=1)
-    results["PPO"] = np.asarray(meta.episode_returns, np.float64)
-    np.savez(cache, config=key, **results)
+    results[SOURCE_LABEL] = np.asarray(meta.episode_returns, np.float64)
+    names = {f"row_{hashlib.sha1(k.encode()).hexdigest()[:16]}": k for k in keys.values()}
+    np.savez(cache, keys=json.dumps(names, sort_keys=True), task_index=idx,
+             **{name: stored[k] for name, k in names.items()})
     return results
 
 
-def _report(exp: Experiment, out: Path, per_split: list[dict], env: Any,
-            splits: tuple[int, ...]) -> Path:
-    from dicp_jax.results import markdown, plot, summarise, write_csv
+PLANNER_NOTES = {
+    "beam": "beam search with the in-context world model",
+    "policy": "the same checkpoint sampling from its policy head",
+}
 
-    methods = ("DICP", "AD", "PPO")
-    pooled = {m: np.concatenate([r[m] for r in per_split]) for m in methods}
-    optimal = np.concatenate([r["optimal"] for r in per_split])
-    rows = summarise(pooled, optimal)
-    write_csv(rows, out / "results.csv")
+
+def result_notes(exp: Experiment, n_tasks: int, splits: Sequence[int], with_optimal: bool,
+                 n_streams: int) -> list[str]:
+    """The table's notes: what was pooled, what each row is with its settings, which rows
+    follow the paper, and the paper's figures."""
     subset = "" if exp.tasks is None else f" of a random subset of {exp.tasks} tasks"
-    notes = [f"{len(optimal)} test tasks pooled over {len(splits)} split(s) "
-             f"(split seeds {', '.join(map(str, splits))}){subset}; mean ± standard error "
-             "over tasks; (fraction of the optimal return).",
-             "DICP: beam search with the in-context world model; AD: the same checkpoint "
-             "sampling from its policy head; PPO: the source learner's own episodes on the "
-             "test tasks (mean over its 100 streams)."]
-    for method, over in (("DICP", exp.dicp), ("AD", exp.ad)):
-        if over:
-            notes.append(f"{method} settings: "
-                         + ", ".join(f"{k}={v}" for k, v in sorted(over.items())) + ".")
+    frac = "; (fraction of the optimal return)" if with_optimal else ""
+    notes = [f"{n_tasks} test tasks pooled over {len(splits)} split(s) (split seeds "
+             f"{', '.join(map(str, splits))}){subset}; mean ± standard error over tasks{frac}."]
+    for row in exp.rows:
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(row.settings.items()))
+        what = PLANNER_NOTES.get(row.planner, f"planner {row.planner}")
+        notes.append(f"{row.label}, {'follows the paper' if row.paper else 'beyond the paper'}"
+                     f": {what} (method {row.method})"
+                     + (f"; settings: {settings}" if settings else "")
+                     + (f"; {row.notes}" if row.notes else "") + ".")
+    notes.append(f"{SOURCE_LABEL}: the source learner's own episodes on the test tasks (mean "
+                 f"over its {n_streams} streams).")
+    paper = [r.label for r in exp.rows if r.paper]
+    beyond = [r.label for r in exp.rows if not r.paper]
+    notes.append("Rows whose method and planner follow the paper: "
+                 + (", ".join(paper) or "none") + "; beyond the paper: "
+                 + (", ".join(beyond) or "none") + ".")
     for method, points in exp.reference.items():
         pts = ", ".join(f"episode {k}: {v}" for k, v in points.items())
         notes.append(f"Paper figure (read off, mean of 5 splits), {method}: {pts}.")
+    return notes
+
+
+def _report(exp: Experiment, out: Path, per_split: list[dict], env: Any,
+            splits: tuple[int, ...], cfgs: Mapping[str, Any], report: Reporter) -> Path:
+    from dicp_jax.results import markdown, plot, summarise, write_csv
+
+    labels = [row.label for row in exp.rows] + [SOURCE_LABEL]
+    pooled = {m: np.concatenate([r[m] for r in per_split]) for m in labels}
+    with_optimal = all("optimal" in r for r in per_split)
+    optimal = (np.concatenate([r["optimal"] for r in per_split]) if with_optimal else None)
+    n_tasks = sum(len(r["task_index"]) for r in per_split)
+    rows = summarise(pooled, optimal)
+    write_csv(rows, out / "results.csv")
+    notes = result_notes(exp, n_tasks, splits, with_optimal, cfgs["ppo"].n_streams)
     title = f"{exp.name}: meta-test return on held-out tasks"
     (out / "results.md").write_text(markdown(rows, title, notes))
     plot(pooled, optimal, out / "returns.png", title, env.horizon,
          reference={k: {int(e): float(v) for e, v in pts.items()}
                     for k, pts in exp.reference.items()})
-    print((out / "results.md").read_text())
-    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'returns.png'}")
+    report(Event("message", (out / "results.md").read_text(), {"results": str(out)}))
+    report(Event("message", f"wrote {out / 'results.md'}, {out / 'results.csv'}, "
+                 f"{out / 'returns.png'}"))
     return out
+
+
+__all__ = ["EXPERIMENTS", "SOURCE_LABEL", "Experiment", "Row", "experiment_tasks",
+           "load_experiment", "parse_rows", "result_notes", "row_key", "run_experiment",
+           "stage_configs"]

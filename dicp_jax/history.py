@@ -28,22 +28,14 @@ import shutil
 import time
 import tokenize
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from dicp_jax.sources.base import History  # the record a source produces
+
+FORMAT_VERSION = 2  # 2: source + source_config instead of ppo
 FIELDS = ("obs", "action", "reward", "next_obs", "done")
-
-
-class History(NamedTuple):
-    """N tasks, S streams, T steps per stream (numpy or jax arrays)."""
-
-    obs: Any  # [N, S, T, obs_dim] int8 for the grid family
-    action: Any  # [N, S, T] int8
-    reward: Any  # [N, S, T] float16 for the grid family (0/1 rewards)
-    next_obs: Any  # [N, S, T, obs_dim] the true s' (also at an episode's last step)
-    done: Any  # [N, S, T] bool: the episode ended at this step (obs[t+1] is a reset obs)
 
 
 class DatasetError(ValueError):
@@ -60,7 +52,8 @@ class DatasetMeta:
     task_index: np.ndarray  # [N] index of each returned task in env.task_list()
     tasks: np.ndarray  # [N, k] task tuples
     episode_returns: np.ndarray  # [N, E] source learner's mean return per episode index
-    ppo: dict  # every PPO setting (PPOConfig fields)
+    source: str  # the source algorithm's registry name (``dicp_jax.sources``)
+    source_config: dict  # every setting of it (its Config's fields)
     seed: int
     version: str
     shapes: dict  # per field, per task: [S, T, ...]
@@ -68,11 +61,12 @@ class DatasetMeta:
     n_tasks_total: int
     raw: dict = dataclasses.field(repr=False, default_factory=dict)
 
-    def ppo_config(self):
-        from dicp_jax.ppo import PPOConfig
-        d = dict(self.ppo)
-        d["hidden"] = tuple(d["hidden"])
-        return PPOConfig(**d)
+    def source_cfg(self):
+        """The source's config object the histories were collected with."""
+        from dicp_jax import config as cfglib
+        from dicp_jax import sources
+
+        return cfglib.from_dict(sources.get(self.source).Config, self.source_config)
 
 
 def _sha256(path: Path) -> str:
@@ -105,7 +99,8 @@ def _read_json(path: Path) -> dict:
 class DatasetWriter:
     """Writes chunks as atomic shards; ``finalize`` writes ``metadata.json`` last.
 
-    ``header`` must hold ``env_name, env_kwargs, split, task_index, tasks, ppo, seed, version``.
+    ``header`` must hold ``env_name, env_kwargs, split, task_index, tasks, source,
+    source_config, seed, version``.
     A non-empty directory is refused unless ``resume`` (same header required) or ``overwrite``.
     """
 
@@ -272,7 +267,8 @@ def load_history(path: str | Path, env_name: str | None = None, task_index: Any 
         tasks=np.asarray([all_tasks[t] for t in want], np.int32),
         episode_returns=np.stack([np.asarray(opened[where[t][0]]["episode_returns"][where[t][1]])
                                   for t in want]) if want else np.zeros((0, 0), np.float32),
-        ppo=meta["ppo"], seed=int(meta["seed"]), version=meta["version"],
+        source=meta["source"], source_config=meta["source_config"], seed=int(meta["seed"]),
+        version=meta["version"],
         shapes=meta["shapes"], dtypes=meta["dtypes"], n_tasks_total=len(meta["task_index"]),
         raw=meta)
     return hist, dm

@@ -45,10 +45,10 @@ EMPTY_STEP = -(2**30)  # step of an unused cache slot: never visible
 
 class Tokens(NamedTuple):  # leading shape [..., T]
     kind: Array  # int32 [T]: 0 state token, 1 action token
-    obs: Array  # [T, obs_dim] (state tokens; ignored on action tokens)
+    obs: Array  # [T, obs_dim] (state tokens; ignored on action tokens), codec.obs.dtype
     prev_reward: Array  # float32 [T] (state tokens)
     first: Array  # bool [T] (state tokens): first step of an episode
-    action: Array  # int32 [T] (action tokens)
+    action: Array  # [T] or [T, action_dim] (action tokens), the codec's action values
     step: Array  # int32 [T]: absolute transition index; position = 2*step + kind
 
 
@@ -64,10 +64,10 @@ class NewKV(NamedTuple):
     v: Array  # [n_layers, T, n_heads, d_head]
 
 
-class Heads(NamedTuple):
-    action_logits: Array  # [T, n_actions]        (meaningful on state tokens)
-    reward_logits: Array  # [T, n_reward_classes] (meaningful on action tokens)
-    obs_logits: Array  # [T, n_obs_classes]       (action tokens)
+class Heads(NamedTuple):  # each read through its codec part (mode, sample, loss)
+    action_logits: Array  # [T, codec.action.head_size] (meaningful on state tokens)
+    reward_logits: Array  # [T, codec.reward.head_size] (meaningful on action tokens)
+    obs_logits: Array  # [T, codec.obs.head_size]       (action tokens)
     rtg: Array  # [T] predicted return-to-go in reward units (action tokens)
 
 
@@ -83,15 +83,6 @@ class ModelConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.1
     rope_base: float = 10000.0
-    # Grid observations: embed each coordinate and sum (True) instead of one vector per cell.
-    # Held-out goals are cells never rewarded in training; with per-cell vectors the reward
-    # lookup did not transfer to them (it put the reward of goal (4, 2) on (6, 4)), while
-    # every coordinate value does occur among the training goals.
-    factored_obs: bool = True
-    # With factored_obs, also add an MLP of the concatenated coordinate vectors: a sum is
-    # additive, so attention matched cells sharing one coordinate (after perfect episodes at
-    # (7, 2) the agent walked to (7, 5)); the MLP can represent the cell as a conjunction.
-    obs_mix: bool = False
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
 
     def validate(self) -> None:
@@ -105,8 +96,6 @@ class ModelConfig:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attn_dropout < 1.0):
             raise ConfigError("dropout and attn_dropout must be in [0, 1)")
-        if self.obs_mix and not self.factored_obs:
-            raise ConfigError("obs_mix mixes coordinate vectors: it needs factored_obs=True")
 
     @property
     def d_head(self) -> int:
@@ -195,38 +184,15 @@ class DICPTransformer(nn.Module):
     cfg: ModelConfig
     codec: object
 
-    def embed_obs(self, obs: Array) -> Array:
-        """obs [..., obs_dim] -> [..., width]: a vector per cell, or (``factored_obs``) the
-        sum of one vector per coordinate value, plus (``obs_mix``) an MLP of them jointly."""
-        cfg, codec = self.cfg, self.codec
-        if not codec.discrete_obs:
-            return nn.Dense(cfg.width, name="obs_embed")(codec.obs_input(obs))
-        if not cfg.factored_obs:
-            return nn.Embed(codec.n_obs_classes, cfg.width, name="obs_embed")(
-                codec.obs_input(obs))
-        offsets = jnp.arange(codec.obs_dim, dtype=jnp.int32) * codec.n_coord_values
-        table = nn.Embed(codec.obs_dim * codec.n_coord_values, cfg.width, name="obs_embed")
-        coords = table(codec.coord_input(obs) + offsets)  # [..., obs_dim, width]
-        if not cfg.obs_mix:
-            return coords.sum(-2)
-        joint = coords.reshape(*coords.shape[:-2], -1)  # [..., obs_dim * width]
-        mixed = nn.Dense(cfg.width, name="obs_mix_out")(
-            nn.gelu(nn.Dense(cfg.width, name="obs_mix_in")(joint)))
-        return coords.sum(-2) + mixed
-
     def embed(self, tokens: Tokens) -> Array:
+        """Each token's content through its codec part, plus its kind (and, on state
+        tokens, the episode-start flag)."""
         cfg, codec, dt = self.cfg, self.codec, jnp.dtype(self.cfg.dtype)
         w = cfg.width
-        e_obs = self.embed_obs(tokens.obs)
-        if codec.discrete_reward:
-            e_rew = nn.Embed(codec.n_reward_classes, w, name="reward_embed")(
-                codec.reward_input(tokens.prev_reward))
-        else:
-            e_rew = nn.Dense(w, name="reward_embed")(
-                codec.reward_input(tokens.prev_reward)[..., None])
+        e_obs = codec.obs.embed(tokens.obs, w)
+        e_rew = codec.reward.embed(tokens.prev_reward, w)
         e_first = nn.Embed(2, w, name="first_embed")(tokens.first.astype(jnp.int32))
-        e_act = nn.Embed(codec.n_actions, w, name="action_embed")(
-            jnp.clip(tokens.action.astype(jnp.int32), 0, codec.n_actions - 1))
+        e_act = codec.action.embed(tokens.action, w)
         e_kind = nn.Embed(2, w, name="kind_embed")(tokens.kind.astype(jnp.int32))
         is_state = (tokens.kind == 0)[..., None]
         return (jnp.where(is_state, e_obs + e_rew + e_first, e_act) + e_kind).astype(dt)
@@ -249,9 +215,9 @@ class DICPTransformer(nn.Module):
             vs.append(v)
         h = nn.LayerNorm(name="final_norm")(x).astype(jnp.float32)
         heads = Heads(
-            action_logits=nn.Dense(codec.n_actions, name="action_head")(h),
-            reward_logits=nn.Dense(codec.reward_head_size, name="reward_head")(h),
-            obs_logits=nn.Dense(codec.obs_head_size, name="obs_head")(h),
+            action_logits=nn.Dense(codec.action.head_size, name="action_head")(h),
+            reward_logits=nn.Dense(codec.reward.head_size, name="reward_head")(h),
+            obs_logits=nn.Dense(codec.obs.head_size, name="obs_head")(h),
             rtg=nn.Dense(1, name="rtg_head")(h)[..., 0] * codec.rtg_scale,
         )
         return heads, NewKV(jnp.stack(ks), jnp.stack(vs))
@@ -262,21 +228,35 @@ def init_params(model: DICPTransformer, key: Array, n_tokens: int | None = None)
     n = n_tokens or 2
     codec = model.codec
     dummy = Tokens(kind=jnp.arange(n, dtype=jnp.int32) % 2,
-                   obs=jnp.zeros((n, codec.obs_dim), jnp.int32),
+                   obs=jnp.zeros((n, codec.obs_dim), codec.obs.dtype),
                    prev_reward=jnp.zeros((n,), jnp.float32), first=jnp.zeros((n,), bool),
                    action=jnp.zeros((n,), jnp.int32), step=jnp.arange(n, dtype=jnp.int32) // 2)
     init = lambda k: model.init({"params": k}, dummy, deterministic=True)["params"]
     return jax.jit(init)(key)  # one compile instead of hundreds of eager ops
 
 
-def action_token(obs_dim: int, action: jax.Array, step: jax.Array) -> Tokens:
-    """One action token ``[1]``."""
+def state_token(codec, obs: jax.Array, prev_reward: jax.Array, first: jax.Array,
+                step: jax.Array) -> Tokens:
+    """One state token ``[1]``: observation, previous reward, episode-start flag (its action
+    field is an unused placeholder)."""
+    return Tokens(
+        kind=jnp.zeros((1,), jnp.int32),
+        obs=jnp.asarray(obs).astype(codec.obs.dtype)[None],
+        prev_reward=jnp.asarray(prev_reward, jnp.float32)[None],
+        first=jnp.asarray(first, bool)[None],
+        action=jnp.zeros((1, *codec.action.shape), codec.action.dtype),
+        step=jnp.asarray(step, jnp.int32)[None],
+    )
+
+
+def action_token(codec, action: jax.Array, step: jax.Array) -> Tokens:
+    """One action token ``[1]`` (its observation fields are unused placeholders)."""
     return Tokens(
         kind=jnp.ones((1,), jnp.int32),
-        obs=jnp.zeros((1, obs_dim), jnp.int32),
+        obs=jnp.zeros((1, codec.obs_dim), codec.obs.dtype),
         prev_reward=jnp.zeros((1,), jnp.float32),
         first=jnp.zeros((1,), bool),
-        action=jnp.asarray(action, jnp.int32)[None],
+        action=jnp.asarray(action).astype(codec.action.dtype)[None],
         step=jnp.asarray(step, jnp.int32)[None],
     )
 
@@ -292,11 +272,15 @@ def branch_heads(model: DICPTransformer, params, tokens: Tokens, kv: NewKV, acti
     (``branches``). Returns Heads with leading [n]."""
     pos = token_pos(tokens)
     cache = KVCache(kv.k, kv.v, tokens.step.astype(jnp.int32), pos + tokens.kind)
-    branch = jax.vmap(action_token, (None, 0, 0))(model.codec.obs_dim, actions,
-                                                   tokens.step[0::2])
+    branch = jax.vmap(action_token, (None, 0, 0))(model.codec, actions, tokens.step[0::2])
     branch = jax.tree.map(lambda a: a[:, 0], branch)  # n tokens [n, ...]
     return model.apply({"params": params}, branch, caches=(cache,), deterministic=deterministic,
                        branches=True, rngs={"dropout": key})[0]
+
+
+def token_dtype(x: Array) -> Array:
+    """Token storage: integer values (cells, action indices) as int32, the rest float32."""
+    return x.astype(jnp.int32 if jnp.issubdtype(x.dtype, jnp.integer) else jnp.float32)
 
 
 def interleave(obs: Array, prev_reward: Array, first: Array, action: Array,
@@ -306,10 +290,10 @@ def interleave(obs: Array, prev_reward: Array, first: Array, action: Array,
     two = lambda a: jnp.repeat(a, 2, axis=0)
     return Tokens(kind=jnp.tile(jnp.array([0, 1], jnp.int32), n),
                   obs=two(obs), prev_reward=two(prev_reward.astype(jnp.float32)),
-                  first=two(first.astype(bool)), action=two(action.astype(jnp.int32)),
+                  first=two(first.astype(bool)), action=two(token_dtype(action)),
                   step=two(step.astype(jnp.int32)))
 
 
 __all__ = ["EMPTY_STEP", "DICPTransformer", "Heads", "KVCache", "ModelConfig", "NewKV",
            "Tokens", "action_token", "branch_heads", "init_cache", "init_params", "interleave",
-           "ring_slots", "token_pos", "visible", "write_cache"]
+           "ring_slots", "state_token", "token_dtype", "token_pos", "visible", "write_cache"]

@@ -1,8 +1,11 @@
 """Result tables (markdown + CSV) and learning-curve plots of meta-test returns.
 
-Inputs are per-method arrays ``returns [n_tasks, E]`` with ``optimal [n_tasks]``; tasks of
-several train/test splits are pooled, and every figure is a mean with its standard error
-over tasks, both as a raw return and as a fraction of the optimal return.
+Inputs are per-method arrays ``returns [n_tasks, E]``; tasks of several train/test splits
+are pooled, and every figure is a mean with its standard error over tasks: a raw return,
+and where the env has an oracle (``optimal [n_tasks]``) a fraction of the optimal return,
+or where it defines success (``success``, per method ``[n_tasks, E]`` booleans) the rate of
+successful episodes. Neither is required: a task family without an oracle still gets its
+table.
 """
 
 from __future__ import annotations
@@ -23,11 +26,22 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(se)
 
 
-def summarise(returns: Mapping[str, np.ndarray], optimal: np.ndarray) -> list[dict]:
-    """One row per (method, column): episode bands, then single-episode points."""
+# Every column a row may have, in the order of the CSV.
+FIELDS = ("method", "column", "first_episode", "last_episode", "mean_return", "se_return",
+          "mean_fraction", "se_fraction", "mean_success", "se_success", "n_tasks")
+
+
+def summarise(returns: Mapping[str, np.ndarray], optimal: np.ndarray | None = None,
+              success: Mapping[str, np.ndarray] | None = None) -> list[dict]:
+    """One row per (method, column): episode bands, then single-episode points. With
+    ``optimal`` each row also holds the fraction of the optimal return; with ``success``
+    (per method, bool ``[n_tasks, E]``; methods without one get no rate) the rate of
+    successful episodes."""
     rows = []
     for method, ret in returns.items():
         ret = np.asarray(ret, np.float64)
+        ok = None if success is None or method not in success else (
+            np.asarray(success[method], np.float64))
         n_ep = ret.shape[1]
         cols = [(f"ep {a}-{b}", a, b) for a, b in BANDS if a <= n_ep]
         cols = [(name, a, min(b, n_ep)) for name, a, b in cols]
@@ -35,22 +49,28 @@ def summarise(returns: Mapping[str, np.ndarray], optimal: np.ndarray) -> list[di
         for name, a, b in cols:
             per_task = ret[:, a - 1 : b].mean(1)
             m, se = mean_se(per_task)
-            fm, fse = mean_se(per_task / optimal)
-            rows.append(dict(method=method, column=name, first_episode=a, last_episode=b,
-                             mean_return=m, se_return=se, mean_fraction=fm, se_fraction=fse,
-                             n_tasks=len(per_task)))
+            row = dict(method=method, column=name, first_episode=a, last_episode=b,
+                       mean_return=m, se_return=se)
+            if optimal is not None:
+                row["mean_fraction"], row["se_fraction"] = mean_se(per_task / optimal)
+            if ok is not None:
+                row["mean_success"], row["se_success"] = mean_se(ok[:, a - 1 : b].mean(1))
+            rows.append(row | {"n_tasks": len(per_task)})
     return rows
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> None:
+    """The rows as CSV; columns in ``FIELDS`` order, those no row has left out."""
+    present = {k for r in rows for k in r}
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=[k for k in FIELDS if k in present])
         writer.writeheader()
         writer.writerows(rows)
 
 
 def markdown(rows: Sequence[dict], title: str, notes: Sequence[str] = ()) -> str:
-    """Methods as rows, bands/points as columns: ``return ± se (fraction of optimal)``."""
+    """Methods as rows, bands/points as columns: ``return ± se``, then in parentheses the
+    fraction of optimal and / or the success rate, where the rows hold them."""
     # Bands, then points, each in episode order (methods may run different episode counts).
     order = {r["column"]: ("-" not in r["column"], r["first_episode"]) for r in rows}
     columns = sorted(order, key=order.get)
@@ -62,16 +82,24 @@ def markdown(rows: Sequence[dict], title: str, notes: Sequence[str] = ()) -> str
         vals = []
         for c in columns:
             r = cell.get((m, c))
-            vals.append("" if r is None else
-                        f"{r['mean_return']:.2f} ± {r['se_return']:.2f} ({r['mean_fraction']:.0%})")
+            vals.append("" if r is None else _cell(r))
         out.append(f"| {m} | " + " | ".join(vals) + " |")
     out += [""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
 
 
-def plot(returns: Mapping[str, np.ndarray], optimal: np.ndarray, path: Path, title: str,
+def _cell(r: Mapping) -> str:
+    """``return ± se`` with ``(fraction of optimal, success rate)`` where present."""
+    extra = ([f"{r['mean_fraction']:.0%}"] if "mean_fraction" in r else []) + (
+        [f"{r['mean_success']:.0%} success"] if "mean_success" in r else [])
+    return (f"{r['mean_return']:.2f} ± {r['se_return']:.2f}"
+            + (f" ({', '.join(extra)})" if extra else ""))
+
+
+def plot(returns: Mapping[str, np.ndarray], optimal: np.ndarray | None, path: Path, title: str,
          horizon: int, reference: Mapping[str, Mapping[int, float]] | None = None) -> None:
-    """Mean return per meta-test episode (± s.e. over tasks), optimal as a dashed line."""
+    """Mean return per meta-test episode (± s.e. over tasks) of every method, the mean
+    optimal return (if given) as a dashed line, and the paper's figures as dotted points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +117,8 @@ def plot(returns: Mapping[str, np.ndarray], optimal: np.ndarray, path: Path, tit
         eps = sorted(points)
         ax.plot([int(e) for e in eps], [points[e] for e in eps], "o:", ms=4, alpha=0.7,
                 label=f"{method} (paper figure)")
-    ax.axhline(float(np.mean(optimal)), color="k", ls="--", lw=1, label="optimal (mean)")
+    if optimal is not None:
+        ax.axhline(float(np.mean(optimal)), color="k", ls="--", lw=1, label="optimal (mean)")
     ax.set_xlabel(f"meta-test episode ({horizon} env steps each)")
     ax.set_ylabel("episode return")
     ax.set_title(title)

@@ -21,23 +21,19 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import dicp_envs
 from dicp_jax import checkpoint as ckpt
+from dicp_jax import codecs, methods
 from dicp_jax import config as cfglib
-from dicp_jax.codec import codec_for_name
-from dicp_jax.data import (
-    Validator,
-    counterfactuals,
-    gather_windows,
-    observation_is_state,
-    prepare,
-    sample_indices,
-    to_device,
-)
-from dicp_jax.model import DICPTransformer, ModelConfig, branch_heads, init_params
+from dicp_jax.data import counterfactuals, gather_windows, prepare, sample_indices, to_device
+from dicp_jax.model import ModelConfig, init_params
+from dicp_jax.reporting import Event, Reporter, append_metrics, plot_metrics, silent
+from dicp_jax.validate import Validator
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    method: str = "ad"  # the imitation method (``dicp_jax.methods``): model, layout, loss
     steps: int = 50_000
     batch_size: int = 512
     lr: float = 1e-2  # peak of the cosine schedule
@@ -80,6 +76,7 @@ class TrainConfig:
     split_seed: int | None = None  # None: the env's registered split
 
     def validate(self) -> None:
+        methods.get(self.method)  # unknown: a ConfigError listing the known ones
         for k in ("steps", "batch_size", "seq_windows", "steps_per_call", "eval_every",
                   "eval_windows", "ckpt_every", "keep_checkpoints"):
             if getattr(self, k) < 1:
@@ -126,7 +123,8 @@ PRESET_MODEL = {"paper": {}, "cpu": {"attn_dropout": 0.0}}
 
 
 def default_model_config(env_name: str) -> ModelConfig:
-    return ModelConfig(n_transit=80 if env_name == "darkroom" else 200)
+    """The paper's model on a family: its context length from the family's registration."""
+    return ModelConfig(n_transit=dicp_envs.family(env_name).n_transit)
 
 
 def preset_configs(env_name: str, preset: str) -> tuple[TrainConfig, ModelConfig]:
@@ -138,7 +136,7 @@ def preset_configs(env_name: str, preset: str) -> tuple[TrainConfig, ModelConfig
 
 
 class TrainedModel(NamedTuple):
-    model: DICPTransformer
+    model: Any  # the method's Flax model
     params: Any
     model_cfg: ModelConfig
     train_cfg: TrainConfig
@@ -160,45 +158,14 @@ def context_mask(offset: jax.Array, seq: int, n_transit: int) -> jax.Array:
     return ((offset[:, None] == 0) | full[None]).astype(jnp.float32)
 
 
-def losses(model, params, tokens, targets, key, lam: float, deterministic: bool = False,
-           weight: jax.Array | None = None, cf_weight: float = 0.0):
-    """Per-batch loss = imitation + lam * (reward + next obs + return-to-go
-    + cf_weight * (reward + next obs of the counterfactual branch tokens)), averaged over
-    the positions with ``weight`` [B, n] (default: all); imitation also by
-    ``targets.imitate``."""
-    codec = model.codec
-    w = jnp.ones(targets.action.shape, jnp.float32) if weight is None else weight
-    mean = lambda x, v=w: (x * v).sum() / jnp.maximum(v.sum(), 1.0)
-    keys = jax.random.split(key, targets.action.shape[0])
-    apply = lambda t, k: model.apply({"params": params}, t, deterministic=deterministic,
-                                     rngs={"dropout": k})
-    heads, kv = jax.vmap(apply)(tokens, keys)
-    s, a = slice(0, None, 2), slice(1, None, 2)  # state tokens, action tokens
-    act = mean(optax.softmax_cross_entropy_with_integer_labels(
-        heads.action_logits[:, s].astype(jnp.float32), targets.action), w * targets.imitate)
-    rew = mean(codec.reward_loss(heads.reward_logits[:, a], targets.reward))
-    obs = mean(codec.obs_loss(heads.obs_logits[:, a], targets.next_obs))
-    rtg = mean(jnp.square((heads.rtg[:, a] - targets.rtg) / codec.rtg_scale))
-    total = act + lam * (rew + obs + rtg)
-    metrics = {"action_loss": act, "reward_loss": rew, "obs_loss": obs, "rtg_loss": rtg}
-    if cf_weight > 0:
-        branch = jax.vmap(lambda t, v, c, k: branch_heads(model, params, t, v, c, k,
-                                                          deterministic))
-        bh = branch(tokens, kv, targets.cf_action, keys)  # heads [B, n, ...]
-        cf_rew = mean(codec.reward_loss(bh.reward_logits, targets.cf_reward))
-        cf_obs = mean(codec.obs_loss(bh.obs_logits, targets.cf_next_obs))
-        total = total + lam * cf_weight * (cf_rew + cf_obs)
-        metrics.update(cf_reward_loss=cf_rew, cf_obs_loss=cf_obs)
-    return total, {"loss": total, **metrics}
-
-
 @functools.lru_cache(maxsize=8)
 def make_train_call(model_cfg: ModelConfig, codec, cfg: TrainConfig, mesh: Mesh,
                     shape: tuple[int, int, int]):
     """jit(state, data, n_steps) -> (state, mean metrics) running n_steps steps in a scan.
 
     Cached, so runs with the same configs in one process share the compiled step."""
-    model, tx = DICPTransformer(model_cfg, codec), make_optimizer(cfg)
+    method = methods.get(cfg.method)
+    model, tx = method.make_model(model_cfg, codec), make_optimizer(cfg)
     n_tasks, n_streams, n_steps_data = shape
     n = cfg.sequence_length(model_cfg)
 
@@ -207,9 +174,9 @@ def make_train_call(model_cfg: ModelConfig, codec, cfg: TrainConfig, mesh: Mesh,
         k_idx, k_drop = jax.random.split(key)
         idx = sample_indices(k_idx, cfg.batch_size, n_tasks, n_streams, n_steps_data, n,
                              cfg.stream_start_prob)
-        tokens, targets = gather_windows(data, mesh, *idx, n)
+        tokens, targets = gather_windows(data, mesh, *idx, n, method.window)
         weight = context_mask(idx[2], n, model_cfg.n_transit) if cfg.true_context else None
-        grad_fn = jax.value_and_grad(losses, argnums=1, has_aux=True)
+        grad_fn = jax.value_and_grad(method.loss, argnums=1, has_aux=True)
         (_, metrics), grads = grad_fn(model, state["params"], tokens, targets, k_drop,
                                       cfg.dynamics_strength, False, weight, cfg.counterfactual)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -236,7 +203,7 @@ def init_state(model_cfg: ModelConfig, codec, cfg: TrainConfig, mesh: Mesh | Non
 
 @functools.lru_cache(maxsize=8)
 def _state_fn(model_cfg: ModelConfig, codec, cfg: TrainConfig):
-    model, tx = DICPTransformer(model_cfg, codec), make_optimizer(cfg)
+    model, tx = methods.get(cfg.method).make_model(model_cfg, codec), make_optimizer(cfg)
 
     @jax.jit
     def make(key):
@@ -249,8 +216,6 @@ def _state_fn(model_cfg: ModelConfig, codec, cfg: TrainConfig):
 
 def source_quality(env_name: str, meta) -> dict[int, float]:
     """Task index -> the source learner's last-5-episode return as a fraction of optimal."""
-    import dicp_envs
-
     env, _ = dicp_envs.make(env_name)
     idx = np.asarray(meta.task_index)
     opt = np.asarray(env.optimal_return(env.params_for(np.asarray(env.task_list())[idx])))
@@ -263,7 +228,6 @@ def load_split(env_name: str, data_dir, split_seed: int | None, min_source_retur
     """(train History, test History, split dict) of the tasks present in the dataset; train
     tasks whose source learner ended below ``min_source_return`` are left out (listed), or
     with ``keep_dropped`` loaded after the others (``split["imitate"]``: 1 kept, 0 dropped)."""
-    import dicp_envs
     from dicp_jax.history import load_history
 
     _, meta = load_history(data_dir, env_name=env_name, task_index=None, steps=1,
@@ -291,11 +255,13 @@ def load_split(env_name: str, data_dir, split_seed: int | None, min_source_retur
 
 def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None,
           model_cfg: ModelConfig | None = None, resume: bool = False, histories=None,
-          progress: bool = True, devices=None) -> dict:
-    """Train a model; returns the last validation metrics.
+          report: Reporter = silent, devices=None, codec_cfg: Any = None) -> dict:
+    """Train a model; returns the last validation metrics. ``codec_cfg``: options of the
+    env's codec (``dicp_jax.codecs``; default: its defaults).
 
     ``histories=(train_history, test_history[, split dict])`` bypasses ``data_dir``
-    (tests, benchmarks); ``devices`` defaults to ``jax.devices()``."""
+    (tests, benchmarks); ``devices`` defaults to ``jax.devices()``. Progress, each call's
+    metrics and each validation go to ``report`` (``dicp_jax.reporting``)."""
     train_cfg = train_cfg or PRESETS["paper"]
     model_cfg = model_cfg or default_model_config(env_name)
     train_cfg.validate()
@@ -306,18 +272,21 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
         if not resume:
             raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume)"
                                   " to continue it or choose another directory")
-        ckpt.check_compatible(saved, env_name, model_cfg, train_cfg, run_dir)
-    codec = codec_for_name(env_name)
+        ckpt.check_compatible(saved, env_name, model_cfg, train_cfg, run_dir, codec_cfg)
+    env = dicp_envs.make(env_name)[0]
+    codec_cfg = codecs.config_type(env)() if codec_cfg is None else codec_cfg
+    codec = codecs.for_env(env, codec_cfg)
     if histories is None:
         train_h, test_h, split = load_split(env_name, data_dir, train_cfg.split_seed,
                                             train_cfg.min_source_return,
                                             train_cfg.dynamics_from_dropped)
-        if split.get("dropped_train") and progress:
+        if split.get("dropped_train"):
             use = ("kept for the dynamics heads only" if train_cfg.dynamics_from_dropped
                    else "left out")
-            print(f"{use}: {len(split['dropped_train'])} train tasks whose source learner "
-                  f"ended below {train_cfg.min_source_return:.0%} of optimal: "
-                  f"{split['dropped_train']}")
+            report(Event("message", f"{use}: {len(split['dropped_train'])} train tasks whose "
+                         f"source learner ended below {train_cfg.min_source_return:.0%} of "
+                         f"optimal: {split['dropped_train']}",
+                         {"dropped_train": list(split["dropped_train"])}))
     else:
         train_h, test_h = histories[:2]
         split = histories[2] if len(histories) > 2 else {"seed": train_cfg.split_seed}
@@ -330,28 +299,28 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
         raise cfglib.ConfigError(f"batch_size={train_cfg.batch_size} must be divisible by the "
                                  f"{mesh.size} devices")
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.write_config(run_dir, ckpt.run_config(env_name, model_cfg, train_cfg, data_dir, split))
+    ckpt.write_config(run_dir, ckpt.run_config(env_name, model_cfg, train_cfg, data_dir, split,
+                                               codec_cfg))
     train_cf = test_cf = None
     if train_cfg.counterfactual > 0:
         train_cf = counterfactuals(env_name, train_h, _train_task_index(split, train_h),
                                    train_cfg.seed)
-    import dicp_envs
-
     # validation reports them for every run that can have them
-    if "test" in split and observation_is_state(dicp_envs.make(env_name)[0]):
+    if "test" in split and dicp_envs.make(env_name)[0].observation_is_state:
         test_cf = counterfactuals(env_name, test_h, split["test"], train_cfg.seed + 1)
     data = to_device(prepare(train_h, mesh.size, split.get("imitate"), train_cf), mesh)
     shape = (train_h.action.shape[0],) + tuple(train_h.action.shape[1:])
-    model = DICPTransformer(model_cfg, codec)
+    method = methods.get(train_cfg.method)
+    model = method.make_model(model_cfg, codec)
     state = init_state(model_cfg, codec, train_cfg, mesh)
     mngr = ckpt.manager(run_dir, train_cfg.keep_checkpoints)
     if resume:
         state = ckpt.restore(mngr, state) or state
-    validator = Validator(model, prepare(test_h, cf=test_cf), train_cfg.eval_windows,
-                          train_cfg.seed, mesh=mesh)
+    validator = Validator(model, method.window, prepare(test_h, cf=test_cf),
+                          train_cfg.eval_windows, train_cfg.seed, mesh=mesh)
     call = make_train_call(model_cfg, codec, train_cfg, mesh, shape)
-    val = _loop(state, data, call, validator, mngr, train_cfg, run_dir, progress)
-    ckpt.plot_metrics(run_dir)
+    val = _loop(state, data, call, validator, mngr, train_cfg, run_dir, report)
+    plot_metrics(run_dir)
     return val
 
 
@@ -366,13 +335,13 @@ def _train_task_index(split: dict, train_h) -> list[int]:
     return idx
 
 
-def _loop(state, data, call, validator, mngr, cfg: TrainConfig, run_dir, progress) -> dict:
-    from tqdm.auto import tqdm
-
+def _loop(state, data, call, validator, mngr, cfg: TrainConfig, run_dir,
+          report: Reporter) -> dict:
+    """Train to ``cfg.steps``: each call's metrics go to ``metrics.jsonl`` and ``report``
+    (with a "train" progress event), each validation too, with a one-line summary."""
     step = int(state["step"])
     val: dict = {}
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True,
-               desc="train")
+    report(Event("progress", "train", {"name": "train", "done": step, "total": cfg.steps}))
     while step < cfg.steps:
         boundary = min(cfg.steps, (step // cfg.eval_every + 1) * cfg.eval_every,
                        (step // cfg.ckpt_every + 1) * cfg.ckpt_every)
@@ -382,18 +351,20 @@ def _loop(state, data, call, validator, mngr, cfg: TrainConfig, run_dir, progres
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         dt = time.perf_counter() - t0
         step += n
-        bar.update(n)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{n / dt:.1f}")
-        ckpt.append_metrics(run_dir, {"step": step, **metrics, "steps_per_s": n / dt})
+        record = {"step": step, **metrics, "steps_per_s": n / dt}
+        append_metrics(run_dir, record)
+        report(Event("metrics", "", record))
+        report(Event("progress", "train", {
+            "name": "train", "done": step, "total": cfg.steps,
+            "postfix": {"loss": f"{metrics['loss']:.4f}", "steps_s": f"{n / dt:.1f}"}}))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             val = validator(state["params"])
-            ckpt.append_metrics(run_dir, {"step": step, "val": val})
-            bar.write(f"step {step}: " + ", ".join(  # None: no such position sampled
+            append_metrics(run_dir, {"step": step, "val": val})
+            report(Event("metrics", f"step {step}: " + ", ".join(  # None: no such position
                 f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in val.items()
-                if not isinstance(v, dict)))
+                if not isinstance(v, dict)), {"step": step, "val": val}))
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             ckpt.save(mngr, step, state)
-    bar.close()
     return val
 
 
@@ -402,8 +373,9 @@ def load_trained(run_dir, step: int | None = None) -> TrainedModel:
     saved = ckpt.read_config(run_dir)
     model_cfg = cfglib.from_dict(ModelConfig, saved["model"])
     train_cfg = cfglib.from_dict(TrainConfig, saved["train"])
-    codec = codec_for_name(saved["env_name"])
-    model = DICPTransformer(model_cfg, codec)
+    env = dicp_envs.make(saved["env_name"])[0]
+    codec = codecs.for_env(env, cfglib.from_dict(codecs.config_type(env), saved["codec"]))
+    model = methods.get(train_cfg.method).make_model(model_cfg, codec)
     mngr = ckpt.manager(run_dir, train_cfg.keep_checkpoints)
     target = init_state(model_cfg, codec, train_cfg, abstract=True)
     state = ckpt.restore(mngr, target, step)
@@ -413,5 +385,5 @@ def load_trained(run_dir, step: int | None = None) -> TrainedModel:
 
 
 __all__ = ["PRESETS", "PRESET_MODEL", "TrainConfig", "TrainedModel", "context_mask",
-           "default_model_config", "load_trained", "losses", "make_optimizer", "preset_configs",
+           "default_model_config", "load_trained", "make_optimizer", "preset_configs",
            "train"]

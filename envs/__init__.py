@@ -7,13 +7,31 @@
 Adding an environment = one module + one ``register`` line below.
 """
 
+from dicp_envs.base import Family, TaskEnv
 from dicp_envs.darkroom import Darkroom
 from dicp_envs.key_to_door import DarkKeyToDoor
 from dicp_envs.permuted import DarkroomPermuted
-from dicp_envs.registry import make, names, register, spec, split_indices, task_array, tasks
+from dicp_envs.registry import (
+    family,
+    make,
+    names,
+    register,
+    split_indices,
+    task_array,
+    tasks,
+    unregister,
+)
 
-register("darkroom", Darkroom, split_seed=0, train_ratio=0.9)
-register("dark_key_to_door", DarkKeyToDoor, split_seed=4, train_ratio=0.95)
-register("darkroom_permuted", DarkroomPermuted, split_seed=4, train_ratio=0.9)
+# Paper defaults (Son et al., App. B): context length, planning depth (grid - 1 on Darkroom,
+# 2 (grid - 1) on the longer-horizon grids) and PPO settings beyond SB3's defaults.
+register("darkroom", Darkroom, split_seed=0, train_ratio=0.9, n_transit=80, plan_depth=8,
+         source_settings={"ppo": dict(n_steps=20, minibatch_size=50, n_epochs=20)})
+register("dark_key_to_door", DarkKeyToDoor, split_seed=4, train_ratio=0.95, n_transit=200,
+         plan_depth=16, source_settings={"ppo": dict(n_steps=50, minibatch_size=100,
+                                                       n_epochs=10)})
+register("darkroom_permuted", DarkroomPermuted, split_seed=4, train_ratio=0.9, n_transit=200,
+         plan_depth=16, source_settings={"ppo": dict(n_steps=50, minibatch_size=50,
+                                                       n_epochs=20)})
 
-__all__ = ["make", "names", "register", "spec", "split_indices", "task_array", "tasks"]
+__all__ = ["Family", "TaskEnv", "family", "make", "names", "register", "split_indices",
+           "task_array", "tasks", "unregister"]

@@ -26,6 +26,10 @@ class EnvParams:
 class Darkroom(GridEnv):
     """Start at the centre, horizon 20, task = goal cell (81 tasks on the 9x9 grid)."""
 
+    # the position is the whole state and the reward depends only on where a step ends
+    observation_is_state = True
+    reward_of_arrival = True
+
     def __init__(self, grid_size: int = 9, horizon: int = 20, start: Any = None):
         super().__init__(grid_size, horizon, start)
 

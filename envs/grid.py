@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from gymnax.environments import environment, spaces
 
+from dicp_envs.base import TaskEnv
+
 NUM_ACTIONS = 5
 STAY = 4
 # Displacement of each base action: rows are actions, columns (dx, dy).
@@ -64,8 +66,17 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-class GridEnv(environment.Environment):
+class GridEnv(TaskEnv, environment.Environment):
     """Base class: static grid size, horizon and start cell; subclasses add the task."""
+
+    codec = "grid"
+    has_oracle = True
+
+    def storage_dtypes(self) -> dict[str, Any]:
+        """Positions < 128 fit int8 and 0/1 rewards float16 exactly."""
+        small = self.grid_size <= 127
+        return {"obs": np.int8 if small else np.int32, "action": np.int8,
+                "reward": np.float16 if small else np.float32, "done": np.bool_}
 
     def __init__(self, grid_size: int = 9, horizon: int = 20, start: Any = None):
         super().__init__()

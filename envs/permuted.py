@@ -33,6 +33,10 @@ class EnvParams:
 class DarkroomPermuted(GridEnv):
     """Start at (0, 0), goal at the far corner, horizon 50, task = action permutation."""
 
+    # the position is the whole state and the reward depends only on where a step ends
+    observation_is_state = True
+    reward_of_arrival = True
+
     def __init__(
         self, grid_size: int = 9, horizon: int = 50, start: Any = (0, 0), goal: Any = None
     ):

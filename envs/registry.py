@@ -6,40 +6,38 @@ A split is the paper's public-code procedure: enumerate the tasks in row-major o
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from dicp_envs.base import Family
+
 SPLITS = ("train", "test", "all")
 
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    name: str
-    factory: Callable[..., Any]
-    split_seed: int
-    train_ratio: float
+_REGISTRY: dict[str, Family] = {}
 
 
-_REGISTRY: dict[str, Spec] = {}
-
-
-def register(name: str, factory: Callable[..., Any], split_seed: int = 0,
-             train_ratio: float = 0.9) -> None:
-    """Make ``factory`` (a ``GridEnv``-like class) available as ``make(name)``."""
+def register(name: str, factory: Callable[..., Any], **defaults: Any) -> Family:
+    """Make ``factory`` (a ``TaskEnv`` gymnax class) available as ``make(name)``, with its
+    split and paper defaults (``Family`` fields)."""
     if name in _REGISTRY:
         raise ValueError(f"environment {name!r} is already registered")
-    _REGISTRY[name] = Spec(name, factory, split_seed, train_ratio)
+    _REGISTRY[name] = Family(name, factory, **defaults)
+    return _REGISTRY[name]
+
+
+def unregister(name: str) -> None:
+    """Remove a family (tests register toy families and clean up after themselves)."""
+    _REGISTRY.pop(name, None)
 
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def spec(name: str) -> Spec:
+def family(name: str) -> Family:
     if name not in _REGISTRY:
         raise ValueError(f"unknown environment {name!r}; known: {', '.join(names())}")
     return _REGISTRY[name]
@@ -47,14 +45,14 @@ def spec(name: str) -> Spec:
 
 def make(name: str, **env_kwargs: Any):
     """gymnax-style constructor: ``env, params = make("darkroom")``."""
-    env = spec(name).factory(**env_kwargs)
+    env = family(name).factory(**env_kwargs)
     return env, env.default_params
 
 
 def split_indices(name: str, split: str = "all", seed: int | None = None,
                   ratio: float | None = None, n_tasks: int | None = None) -> np.ndarray:
     """Indices (into the row-major task list) of a split, in the shuffled order."""
-    s = spec(name)
+    s = family(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if n_tasks is None:

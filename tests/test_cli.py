@@ -32,15 +32,16 @@ def _dataset(path: Path, idx, env_name: str = "darkroom") -> Path:
 
     import dicp_envs
     from dicp_jax.collect import episode_returns
-    from dicp_jax.data import synthetic_history
     from dicp_jax.history import DatasetWriter
+    from dicp_jax.testing import synthetic_history
 
     env, _ = dicp_envs.make(env_name)
     idx = np.asarray(idx)
     hist = synthetic_history(env_name, idx, 2, 40, jax.random.PRNGKey(0))
     rets = jax.vmap(episode_returns, (0, 0, None))(hist.reward, hist.done, env.horizon)
     header = dict(env_name=env_name, env_kwargs={}, split="all", task_index=idx,
-                  tasks=np.asarray(env.task_list())[idx], ppo={}, seed=0, version="test")
+                  tasks=np.asarray(env.task_list())[idx], source="ppo", source_config={},
+                  seed=0, version="test")
     writer = DatasetWriter(path, header)
     writer.write_chunk(idx, jax.tree.map(np.asarray, hist), np.asarray(rets))
     writer.finalize()
@@ -54,7 +55,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     from jax.sharding import Mesh
 
     from dicp_jax import checkpoint as ckpt
-    from dicp_jax.codec import codec_for_name
+    from dicp_jax import codecs
     from dicp_jax.commands.train import build_configs
     from dicp_jax.train import init_state
 
@@ -69,13 +70,13 @@ def world(tmp_path_factory) -> dict[str, Path]:
     npy.write_bytes(bytes(raw))
     w["bad_header"] = bad
 
-    train_cfg, model_cfg = build_configs("darkroom", "cpu", TINY)
+    train_cfg, model_cfg, codec_cfg = build_configs("darkroom", "cpu", TINY)
     run = root / "run"
     run.mkdir()
     ckpt.write_config(run, ckpt.run_config("darkroom", model_cfg, train_cfg, w["data"],
-                                           {"seed": None}))
+                                           {"seed": None}, codec_cfg))
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    state = init_state(model_cfg, codec_for_name("darkroom"), train_cfg, mesh)
+    state = init_state(model_cfg, codecs.for_name("darkroom"), train_cfg, mesh)
     ckpt.save(ckpt.manager(run, 3), 2, state)  # step 2 of 2: finished
     w["run"] = run
 
@@ -92,10 +93,12 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (k2d / "config.json").write_text(json.dumps({**cfg, "env_name": "dark_key_to_door"}))
     w["k2d_run"] = k2d
     exp = root / "bad_exp.json"
-    exp.write_text(json.dumps({"env": "darkroom", "train": {"stepz": 3}}))
+    exp.write_text(json.dumps({"env": "darkroom", "train": {"stepz": 3},
+                               "rows": [{"label": "AD", "planner": "policy"}]}))
     w["bad_exp"] = exp
     k2d_exp = root / "k2d_exp.json"
-    k2d_exp.write_text(json.dumps({"env": "dark_key_to_door", "dicp": {"reward_memory": True}}))
+    k2d_exp.write_text(json.dumps({"env": "dark_key_to_door", "rows": [
+        {"label": "DICP", "planner": "beam", "settings": {"reward_memory": True}}]}))
     w["k2d_exp"] = k2d_exp
     return w
 
@@ -243,7 +246,7 @@ def test_discoverability(world, capsys):
     assert main(["eval", "--run", str(world["run"]), "--planner", "beam", "--set",
                  "reward_memory=true", "--tasks", "3", "--dry-run"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["eval"]["plan"]["reward_memory"] is True and cfg["eval"]["plan"]["depth"] == 8
+    assert cfg["eval"]["reward_memory"] is True and cfg["eval"]["plan"]["depth"] == 8
     assert len(cfg["task_index"]) == 3
     assert main(["train", "--env", "darkroom", "--data", str(world["data"]), "--out", "x",
                  "--dry-run", *SETS]) == 0
@@ -251,7 +254,9 @@ def test_discoverability(world, capsys):
     assert cfg["model"]["n_transit"] == 8 and cfg["train"]["true_context"] is True
     assert main(["experiment", "darkroom", "--dry-run"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["dicp"]["plan"]["reward_memory"] is True and list(cfg["train"]) == ["0"]
+    lookups = "DICP + look-ups (beyond the paper)"
+    assert cfg["eval"][lookups]["reward_memory"] is True and list(cfg["train"]) == ["0"]
+    assert [r["label"] for r in cfg["rows"]] == ["DICP (paper's planner)", lookups, "AD"]
 
 
 def test_noop_settings_warn(world, capsys):

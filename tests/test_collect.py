@@ -10,7 +10,8 @@ import pytest
 
 import dicp_envs
 from dicp_jax import collect
-from dicp_jax.ppo import PPOConfig
+from dicp_jax.reporting import Recorder
+from dicp_jax.sources.ppo import PPOConfig
 
 # One xdist worker for the whole module: the fixture and the compiled programs (cached in
 # dicp_jax.collect per chunk size) are then built once; XLA CPU compiles dominate the time.
@@ -48,8 +49,12 @@ def test_records_are_consistent(env, batch):
 
 
 def test_same_seed_same_history(env, batch):
-    again, _ = collect.collect(env, IDX, TINY)
+    rec = Recorder()
+    again, _ = collect.collect(env, IDX, TINY, report=rec)
     assert all(np.array_equal(a, b) for a, b in zip(batch[0], again, strict=True))
+    # progress goes through the callback: tasks done after each chunk, up to all of them
+    done = [e.data["done"] for e in rec.events if e.kind == "progress"]
+    assert done[0] == 0 and done[-1] == len(IDX) and done == sorted(done)
     other, _ = collect.collect(env, IDX, PPOConfig(**{**TINY.__dict__, "seed": 1}))
     assert not np.array_equal(batch[0].action, other.action)
 
@@ -76,11 +81,11 @@ def test_default_chunks_bound_the_loss():
 # programs are shared between layouts (cached per device), which keeps this affordable.
 LAYOUTS = textwrap.dedent("""
     import sys, numpy as np, jax, dicp_envs
-    from dicp_jax import collect
-    from dicp_jax.ppo import paper_ppo_config
+    from dicp_jax import collect, history
+    from dicp_jax.sources.ppo import paper_config
     env_name, steps, out, full = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
     env = dicp_envs.make(env_name)[0]
-    cfg = paper_ppo_config(env_name, steps_per_stream=steps)
+    cfg = paper_config(env_name, steps_per_stream=steps)
     idx = np.array([4, 5, 6, 7, 8, 9])
     dev = jax.devices()
     runs = {"1 device, chunks of 4": (idx, collect.collect(env, idx, cfg, devices=dev[:1])),
@@ -99,7 +104,7 @@ LAYOUTS = textwrap.dedent("""
                 raise KeyboardInterrupt
             return real(self, *a)
         history.DatasetWriter.write_chunk = crash_on_second
-        kw = dict(task_index=idx, chunk_size=4, progress=False, devices=dev[:1])
+        kw = dict(task_index=idx, chunk_size=4, devices=dev[:1])
         try:
             collect.collect_dataset(env_name, out + ".d", cfg, **kw)
         except KeyboardInterrupt:

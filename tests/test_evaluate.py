@@ -12,22 +12,24 @@ import jax
 import numpy as np
 
 import dicp_envs
-from dicp_jax.codec import codec_for
+from dicp_jax import codecs
 from dicp_jax.evaluate import EvalConfig, make_evaluate
 from dicp_jax.model import DICPTransformer, ModelConfig, init_params
-from dicp_jax.planner import PlanConfig
+from dicp_jax.planning import PlanConfig
+from dicp_jax.planning.beam import BeamConfig
+from dicp_jax.planning.world_model import cached
 from dicp_jax.rng import task_keys
-from dicp_jax.world_model import cached
 
 MCFG = ModelConfig(n_transit=8, width=16, n_layers=2, n_heads=2, mlp=32)
 
 
 def _parts(env, planner: str, episodes: int, traces: list | None = None):
     """(env, world-model factory, codec, EvalConfig, n_transit) of the tiny test model."""
-    codec = codec_for(env)
+    codec = codecs.for_env(env)
     model = DICPTransformer(MCFG, codec)
+    plan = BeamConfig(beam_size=3, depth=2, greedy=False) if planner == "beam" else PlanConfig()
     cfg = EvalConfig(episodes=episodes, planner=planner, plan_start=4, trajectories=True,
-                     plan=PlanConfig(beam_size=3, depth=2, greedy=False))
+                     plan=plan)
 
     def factory(p):
         if traces is not None:
@@ -39,7 +41,7 @@ def _parts(env, planner: str, episodes: int, traces: list | None = None):
 
 def _setup(planner: str, episodes: int = 3):
     env, _ = dicp_envs.make("darkroom")
-    params = init_params(DICPTransformer(MCFG, codec_for(env)), jax.random.PRNGKey(0))
+    params = init_params(DICPTransformer(MCFG, codecs.for_env(env)), jax.random.PRNGKey(0))
     traces = []
     return env, params, make_evaluate(*_parts(env, planner, episodes, traces)), traces
 

@@ -25,7 +25,8 @@ def fake(task_index):
 
 def header(idx):
     return dict(env_name="darkroom", env_kwargs={}, split="all", task_index=list(idx),
-                tasks=[[i // 9, i % 9] for i in idx], ppo={"n_streams": S}, seed=0,
+                tasks=[[i // 9, i % 9] for i in idx], source="ppo",
+                source_config={"n_streams": S}, seed=0,
                 version="test")
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dicp_jax.codec import GridCodec, codec_for_name
+from dicp_jax import codecs
+from dicp_jax.codecs.base import Codec
+from dicp_jax.codecs.grid import Categorical, ClassReward, GridCodecConfig, GridObs
 from dicp_jax.config import ConfigError
 from dicp_jax.model import (
     DICPTransformer,
@@ -23,15 +27,16 @@ from dicp_jax.model import (
 )
 
 CFG = ModelConfig(n_transit=6, width=16, n_layers=2, n_heads=2, mlp=32)
-CODEC = GridCodec(grid_size=5, n_actions=5, rtg_scale=10.0)
+CODEC = Codec(obs=GridObs(grid_size=5), reward=ClassReward(), action=Categorical(5),
+              rtg_scale=10.0)
 
 
 def random_tokens(key, n: int, start: int = 0):
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    obs = jax.random.randint(k1, (n, 2), 0, CODEC.grid_size)
+    obs = jax.random.randint(k1, (n, 2), 0, CODEC.obs.grid_size)
     rew = jax.random.bernoulli(k2, 0.3, (n,)).astype(jnp.float32)
     first = jax.random.bernoulli(k3, 0.2, (n,))
-    act = jax.random.randint(k4, (n,), 0, CODEC.n_actions)
+    act = jax.random.randint(k4, (n,), 0, CODEC.action.n)
     return interleave(obs, rew, first, act, jnp.arange(start, start + n))
 
 
@@ -54,12 +59,17 @@ def setup():
 
 
 def test_codec_roundtrip():
-    codec = codec_for_name("darkroom")
-    assert codec.n_obs_classes == 81 and codec.n_reward_classes == 2
+    codec = codecs.for_name("darkroom")
+    assert codec.obs.head_size == 81 and codec.reward.head_size == 2 and codec.action.n == 5
     obs = jnp.array([[0, 0], [3, 7], [8, 8]])
-    np.testing.assert_array_equal(codec.class_to_obs(codec.obs_to_class(obs)), obs)
-    np.testing.assert_array_equal(codec.reward_to_class(jnp.array([0.0, 1.0, 0.9])), [0, 1, 1])
-    assert codec.class_to_reward(1) == 1.0
+    np.testing.assert_array_equal(codec.obs.to_class(obs), [0, 34, 80])
+    np.testing.assert_array_equal(codec.obs.from_class(codec.obs.to_class(obs)), obs)
+    np.testing.assert_array_equal(codec.reward.to_class(jnp.array([0.0, 1.0, 0.9])), [0, 1, 1])
+    assert codec.reward.from_class(1) == 1.0
+    # each part's mode reads its head: the argmax class as a value
+    one_hot = jax.nn.one_hot(codec.obs.to_class(obs), 81) * 10
+    np.testing.assert_array_equal(codec.obs.mode(one_hot), obs)
+    assert int(codec.action.mode(jnp.array([0.0, 3.0, 1.0, 0.0, 0.0]))) == 1
 
 
 def test_factored_obs_embedding_is_a_sum_over_coordinates(setup):
@@ -67,7 +77,7 @@ def test_factored_obs_embedding_is_a_sum_over_coordinates(setup):
     ``factored_obs=False`` keeps one vector per cell."""
     model, params = setup
     table = params["obs_embed"]["embedding"]
-    assert table.shape == (2 * CODEC.grid_size, CFG.width)
+    assert table.shape == (2 * CODEC.obs.grid_size, CFG.width)
     # cell (3, 1) reads only the rows of x = 3 and y = 1: bumping x = 3 moves it, y = 4 not
     tok = interleave(jnp.array([[3, 1], [3, 4]]), jnp.zeros(2), jnp.zeros(2, bool),
                      jnp.zeros(2, jnp.int32), jnp.arange(2))
@@ -75,12 +85,12 @@ def test_factored_obs_embedding_is_a_sum_over_coordinates(setup):
     a, _ = model.apply({"params": params}, tok)
     b, _ = model.apply({"params": bumped}, tok)
     assert not np.allclose(a.action_logits[0], b.action_logits[0])  # (3, 1) moved
-    bumped = {**params, "obs_embed": {"embedding": table.at[CODEC.grid_size + 4].add(1.0)}}
+    bumped = {**params, "obs_embed": {"embedding": table.at[CODEC.obs.grid_size + 4].add(1.0)}}
     c, _ = model.apply({"params": bumped}, tok)
     np.testing.assert_array_equal(c.action_logits[0], a.action_logits[0])  # y=4: not (3, 1)
-    per_cell = DICPTransformer(ModelConfig(**{**CFG.__dict__, "factored_obs": False}), CODEC)
+    per_cell = DICPTransformer(CFG, dataclasses.replace(CODEC, obs=GridObs(5, factored=False)))
     assert init_params(per_cell, jax.random.PRNGKey(0))["obs_embed"]["embedding"].shape == (
-        CODEC.n_obs_classes, CFG.width)
+        CODEC.obs.head_size, CFG.width)
 
 
 def test_obs_mix_adds_a_joint_term_to_the_coordinate_sum(setup):
@@ -88,7 +98,7 @@ def test_obs_mix_adds_a_joint_term_to_the_coordinate_sum(setup):
     ``obs_mix`` adds an MLP of the joint coordinates on top. With its output layer zeroed
     the model is exactly the sum-only model with the same other parameters."""
     model, params = setup
-    mixed = DICPTransformer(ModelConfig(**{**CFG.__dict__, "obs_mix": True}), CODEC)
+    mixed = DICPTransformer(CFG, dataclasses.replace(CODEC, obs=GridObs(5, mix=True)))
     mix_params = init_params(mixed, jax.random.PRNGKey(0))
     assert set(mix_params) - set(params) == {"obs_mix_in", "obs_mix_out"}
     tok = random_tokens(jax.random.PRNGKey(5), 6)
@@ -101,7 +111,7 @@ def test_obs_mix_adds_a_joint_term_to_the_coordinate_sum(setup):
     moved, _ = mixed.apply({"params": live}, tok)
     assert not np.allclose(moved.action_logits, base.action_logits)
     with pytest.raises(ConfigError, match="factored_obs"):
-        ModelConfig(obs_mix=True, factored_obs=False).validate()
+        GridCodecConfig(obs_mix=True, factored_obs=False).validate()
 
 
 def test_shapes_and_dtype_variants(setup):

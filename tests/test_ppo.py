@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import dicp_envs
-from dicp_jax import collect, ppo
+from dicp_jax import collect
+from dicp_jax.sources import ppo
 
 
 def test_gae_matches_sb3_loop():
@@ -56,18 +57,18 @@ def test_orthogonal_matches_qr_of_the_same_draw(shape):
 
 
 def test_paper_configs():
-    d = ppo.paper_ppo_config("darkroom")
+    d = ppo.paper_config("darkroom")
     assert (d.n_updates, d.n_minibatches, d.n_epochs) == (50, 40, 20)
-    k = ppo.paper_ppo_config("dark_key_to_door")
+    k = ppo.paper_config("dark_key_to_door")
     assert (k.n_updates, k.n_minibatches, k.n_epochs) == (20, 50, 10)
-    p = ppo.paper_ppo_config("darkroom_permuted")
+    p = ppo.paper_config("darkroom_permuted")
     assert (p.n_updates, p.n_minibatches, p.n_epochs) == (20, 100, 20)
 
 
 def test_ppo_improves_on_darkroom():
     """Paper PPO settings, 20 streams x 20 episodes, three goals near the start."""
     env, _ = dicp_envs.make("darkroom")
-    cfg = ppo.paper_ppo_config("darkroom", n_streams=20, steps_per_stream=400)
+    cfg = ppo.paper_config("darkroom", n_streams=20, steps_per_stream=400)
     idx = np.array([25, 60, 42])  # goals (2, 7), (6, 6), (4, 6)
     hist, rets = collect.collect(env, idx, cfg)
     opt = np.asarray(env.optimal_return(env.params_for(np.asarray(env.task_list())[idx])))

@@ -36,7 +36,7 @@ def paper_split(name: str, seed: int, ratio: float) -> tuple[list, list]:
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_split_matches_procedure(name):
     seed, ratio, n_train, n_test = EXPECTED[name]
-    spec = dicp_envs.spec(name)
+    spec = dicp_envs.family(name)
     assert (spec.split_seed, spec.train_ratio) == (seed, ratio)
     train, test = paper_split(name, seed, ratio)
     assert dicp_envs.task_array(name, "train").tolist() == train

@@ -22,9 +22,14 @@ import pytest
 from dicp_jax.checkpoint import ConfigMismatch, read_config
 from dicp_jax.commands.train import build_configs
 from dicp_jax.config import ConfigError
-from dicp_jax.data import after_reward, goal_seen, prepare, return_to_go, synthetic_history, window
+from dicp_jax.data import prepare, return_to_go
+from dicp_jax.methods.ad import loss as losses
+from dicp_jax.methods.ad import window
 from dicp_jax.model import ModelConfig
+from dicp_jax.reporting import Recorder
+from dicp_jax.testing import synthetic_history
 from dicp_jax.train import TrainConfig, load_trained, train
+from dicp_jax.validate import after_reward, goal_seen
 
 TINY = ModelConfig(n_transit=12, width=16, n_layers=1, n_heads=2, mlp=32)
 QUICK = TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, steps_per_call=2,
@@ -73,32 +78,37 @@ def test_overfit_one_task(tmp_path, all_hist):
                       eval_every=300, eval_windows=32, ckpt_every=300, seq_windows=2)
     model = ModelConfig(n_transit=20, width=32, n_layers=2, n_heads=2, mlp=64, dropout=0.0,
                         attn_dropout=0.0)
-    val = train("darkroom", "synthetic", tmp_path / "run", cfg, model, histories=(h, h),
-                progress=False)
+    val = train("darkroom", "synthetic", tmp_path / "run", cfg, model, histories=(h, h))
     assert val["obs_acc"] > 0.97, val
     assert val["reward_acc"] > 0.97, val
     assert (tmp_path / "run" / "metrics.png").exists()
     with pytest.raises(ConfigError, match="seq_windows must be >= 1"):
         train("darkroom", "synthetic", tmp_path / "run2", replace(cfg, seq_windows=0), model,
-              histories=(h, h), progress=False)
+              histories=(h, h))
 
 
 def test_resume_is_bit_for_bit_and_config_checked(tmp_path, hist):
     run = tmp_path / "a"
-    train("darkroom", "synthetic", run, QUICK, TINY, histories=hist, progress=False)
+    rec = Recorder()
+    train("darkroom", "synthetic", run, QUICK, TINY, histories=hist, report=rec)
+    # the library reports through the callback: progress per call, each validation's line
+    assert [e.data["done"] for e in rec.events if e.kind == "progress"] == [0, 2, 4]
+    assert [m.split(":")[0] for m in rec.messages("metrics")] == ["step 2", "step 4"]
+    assert all("loss" in e.data for e in rec.events if e.kind == "metrics" and not e.message)
     full = load_trained(run)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "4"]
     shutil.rmtree(run / "checkpoints" / "4")  # as if the run died after step 2
     with pytest.raises(FileExistsError):
         train("darkroom", "synthetic", run, QUICK, TINY, histories=hist)
-    train("darkroom", "synthetic", run, QUICK, TINY, histories=hist, resume=True,
-          progress=False)
+    rec = Recorder()
+    train("darkroom", "synthetic", run, QUICK, TINY, histories=hist, resume=True, report=rec)
+    assert [e.data["done"] for e in rec.events if e.kind == "progress"] == [2, 4]
     a, b = full, load_trained(run)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(jax.tree.leaves(a.params)[0],
                               jax.tree.leaves(load_trained(run, step=2).params)[0])
-    assert a.env_name == "darkroom" and a.model_cfg == TINY and a.codec.n_obs_classes == 81
+    assert a.env_name == "darkroom" and a.model_cfg == TINY and a.codec.obs.head_size == 81
     wide = ModelConfig(**{**TINY.__dict__, "width": 32})
     with pytest.raises(ConfigMismatch, match=r"model.width: saved 16 vs requested 32"):
         train("darkroom", "synthetic", run, QUICK, wide, histories=hist, resume=True)
@@ -106,23 +116,25 @@ def test_resume_is_bit_for_bit_and_config_checked(tmp_path, hist):
         train("darkroom_permuted", "synthetic", run, QUICK, TINY, histories=hist, resume=True)
     # a run written before a model field existed loads as the model it was trained as
     saved = json.loads((run / "config.json").read_text())
-    del saved["model"]["factored_obs"]
+    del saved["codec"]  # a run written before codecs owned the grid options, and before
+    saved["model"]["obs_mix"] = True  # factored_obs existed (its absence meant False)
     (run / "config.json").write_text(json.dumps(saved))
-    assert read_config(run)["model"]["factored_obs"] is False
+    migrated = read_config(run)
+    assert migrated["codec"] == {"factored_obs": False, "obs_mix": True}
+    assert "obs_mix" not in migrated["model"]
 
 
 def test_ad_baseline_is_same_path(hist):
     """lambda = 0 leaves the dynamics heads without gradient (plain AD)."""
-    from dicp_jax.codec import codec_for_name
+    from dicp_jax import codecs
     from dicp_jax.data import gather_windows, sample_indices
     from dicp_jax.model import DICPTransformer, init_params
-    from dicp_jax.train import losses
 
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     data = jax.tree.map(jnp.asarray, prepare(hist[0]))
-    get = jax.jit(lambda d, i: gather_windows(d, mesh, *i, 12))
+    get = jax.jit(lambda d, i: gather_windows(d, mesh, *i, 12, window))
     tok, tg = get(data, sample_indices(jax.random.PRNGKey(0), 4, 3, 2, 100, 12))
-    model = DICPTransformer(TINY, codec_for_name("darkroom"))
+    model = DICPTransformer(TINY, codecs.for_name("darkroom"))
     params = init_params(model, jax.random.PRNGKey(0))
     g = jax.jit(jax.grad(lambda p: losses(model, p, tok, tg, jax.random.PRNGKey(1), 0.0,
                                           deterministic=True)[0]))(params)
@@ -144,17 +156,17 @@ def test_ad_baseline_is_same_path(hist):
 def test_true_context_masks_only_windows_cut_by_the_sequence_start(hist):
     """A position is trained iff its sequence starts the stream or it sees n_transit - 1
     earlier steps; masked targets do not move the loss; stream starts are sampled."""
-    from dicp_jax.codec import codec_for_name
+    from dicp_jax import codecs
     from dicp_jax.data import sample_indices
     from dicp_jax.model import DICPTransformer, init_params
-    from dicp_jax.train import context_mask, losses
+    from dicp_jax.train import context_mask
 
     m = np.asarray(context_mask(jnp.array([0, 7]), seq=6, n_transit=3))
     np.testing.assert_array_equal(m, [[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
     data = jax.tree.map(jnp.asarray, prepare(hist[0]))
     offset = jnp.array([0, 30, 51])
     tok, tg = jax.vmap(lambda o: window(data, 0, 1, o, 24))(offset)  # n_transit 12: 2 windows
-    model = DICPTransformer(TINY, codec_for_name("darkroom"))
+    model = DICPTransformer(TINY, codecs.for_name("darkroom"))
     params = init_params(model, jax.random.PRNGKey(0))
     w = context_mask(offset, 24, TINY.n_transit)
     f = jax.jit(lambda t: losses(model, params, tok, t, jax.random.PRNGKey(1), 1.0, True, w)[0])
@@ -173,7 +185,7 @@ def test_cli_rejects_bad_keys_and_values():
         build_configs("darkroom", "cpu", ["width=wide"])
     with pytest.raises(ConfigError, match="valid: "):
         build_configs("darkroomz", "cpu", [])
-    t, m = build_configs("darkroom", "paper", ["width=64", "steps=7"], 0.0, 3)
+    t, m, _ = build_configs("darkroom", "paper", ["width=64", "steps=7"], 0.0, 3)
     assert (m.width, t.steps, t.dynamics_strength, t.split_seed) == (64, 7, 0.0, 3)
     from dicp_jax.cli import main
 
@@ -184,15 +196,16 @@ def test_cli_rejects_bad_keys_and_values():
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import Mesh
-    from dicp_jax.codec import codec_for_name
-    from dicp_jax.data import prepare, synthetic_history, to_device
+    from dicp_jax import codecs
+    from dicp_jax.data import prepare, to_device
     from dicp_jax.model import ModelConfig
+    from dicp_jax.testing import synthetic_history
     from dicp_jax.train import TrainConfig, init_state, make_train_call
     assert len(jax.devices()) == 4
     h = synthetic_history("darkroom", [3, 40, 77, 10, 20], 2, 60, jax.random.PRNGKey(0))
     m = ModelConfig(n_transit=12, width=16, n_layers=1, n_heads=2, mlp=32)
     c = TrainConfig(steps=6, batch_size=8, lr=1e-2, warmup_steps=1)
-    codec = codec_for_name("darkroom")
+    codec = codecs.for_name("darkroom")
     out = {}
     for n in (1, 4):
         mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
@@ -234,14 +247,14 @@ def test_counterfactual_targets(tmp_path, hist):
     np.testing.assert_array_equal(r, (nobs == goals[:, None, None]).all(-1))
     alone = counterfactuals("darkroom", jax.tree.map(lambda x: x[1:2], train_h), [40], seed=0)
     np.testing.assert_array_equal(alone[0][0], a[1])
-    with pytest.raises(ConfigError, match="state_from_obs"):
+    with pytest.raises(ConfigError, match="observation_is_state"):
         counterfactuals("dark_key_to_door", train_h, [0, 1, 2])
     split = {"seed": None, "train": idx, "test": [10]}
     val = train("darkroom", "synthetic", tmp_path / "cf", replace(QUICK, counterfactual=1.0),
-                TINY, histories=(train_h, test_h, split), progress=False)
+                TINY, histories=(train_h, test_h, split))
     assert 0.0 <= val["cf_reward_acc"] <= 1.0 and "cf_false_alarm" in val
     logged = [json.loads(x) for x in (tmp_path / "cf" / "metrics.jsonl").read_text().splitlines()]
     assert any("cf_reward_loss" in m for m in logged)
     with pytest.raises(ConfigError, match="task index"):
         train("darkroom", "synthetic", tmp_path / "cf2", replace(QUICK, counterfactual=1.0),
-              TINY, histories=(train_h, test_h, {"seed": None}), progress=False)
+              TINY, histories=(train_h, test_h, {"seed": None}))

@@ -4,7 +4,7 @@
                  [--set key=value ...] [--chunk-size N] [--memory-budget GiB] [--resume]
                  [--dry-run]
 
-Defaults are the env's paper PPO settings (``paper_ppo_config``); ``--set`` overrides any
+Defaults are the env's paper PPO settings (``sources.ppo.paper_config``); ``--set`` overrides any
 ``PPOConfig`` field. Every option is checked before any work starts or anything is written.
 """
 
@@ -111,7 +111,7 @@ def check_out(out: Path, env_name: str, ppo: dict, idx: np.ndarray, resume: bool
     old = json.loads(run_file.read_text())
     differ = {**({"env_name": (old.get("env_name"), env_name)}
                  if old.get("env_name") != env_name else {}),
-              **{f"ppo.{k}": v for k, v in diff_dicts(old.get("ppo", {}), ppo).items()}}
+              **{f"ppo.{k}": v for k, v in diff_dicts(old.get("source_config", {}), ppo).items()}}
     if [int(i) for i in old.get("task_index", [])] != [int(i) for i in idx]:
         differ["tasks"] = (f"{len(old.get('task_index', []))} tasks",
                            f"{len(idx)} tasks (or other ones)")
@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         return print_config("collect", {**shown, "chunk_size": chunk,
                                         "chunks": math.ceil(len(idx) / chunk)})
     from dicp_jax.collect import collect_dataset
+    from dicp_jax.reporting import console
 
     subset = r["split"] == "subset"
     sides = " (from both sides of its registered train/test split)" if subset else ""
@@ -181,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
                                task_index=idx if subset else None,
                                n_tasks=None if subset else args.tasks,
                                resume=args.resume, overwrite=args.overwrite,
-                               progress=not args.no_progress, chunk_size=args.chunk_size,
+                               report=console(progress=not args.no_progress),
+                               chunk_size=args.chunk_size,
                                memory_budget=args.memory_budget * 2**30, stats=stats)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted: {stored_tasks(out)} of {len(idx)} tasks kept in "

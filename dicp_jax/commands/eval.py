@@ -25,8 +25,9 @@ from dicp_jax.commands.common import (
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory written by `dicp train`")
-    p.add_argument("--planner", choices=("beam", "policy"), default="beam",
-                   help="beam: DICP (plan with the world model); policy: AD")
+    p.add_argument("--planner", default="beam",
+                   help="a registered planner (dicp list planners); beam: DICP (plan with "
+                        "the world model), policy: AD")
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--depth", type=int, default=None, help="default: the paper's, per env")
     p.add_argument("--episodes", type=int, default=None)
@@ -36,7 +37,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--greedy", action="store_true", help="argmax actions / rank by probability")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                   help="any EvalConfig or PlanConfig field (see --dry-run for all)")
+                   help="any EvalConfig field or field of the planner's config "
+                        "(see --dry-run for all)")
     p.add_argument("--out", type=Path, default=None, help="JSON file for per-task returns")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config as JSON and exit")
@@ -47,7 +49,6 @@ def resolve(args: argparse.Namespace) -> dict:
     import dicp_envs
     from dicp_jax import config as cfglib
     from dicp_jax import stages
-    from dicp_jax.evaluate import paper_depth
 
     positive("--tasks", args.tasks)
     run_dir = Path(args.run)
@@ -59,7 +60,8 @@ def resolve(args: argparse.Namespace) -> dict:
     flags = {"depth": args.depth, "beam_size": args.beam_size, "episodes": args.episodes,
              "greedy": True if args.greedy else None}
     overrides = {**sets, **{k: v for k, v in flags.items() if v is not None}}
-    overrides.setdefault("depth", paper_depth(env))
+    if "depth" in stages.eval_keys(args.planner)[1]:
+        overrides.setdefault("depth", dicp_envs.family(env_name).plan_depth)
     cfg = stages.eval_config(env_name, overrides, planner=args.planner)
     split_seed = saved["train"].get("split_seed")
     idx = dicp_envs.split_indices(env_name, args.split, seed=split_seed)
@@ -72,12 +74,7 @@ def resolve(args: argparse.Namespace) -> dict:
     if not checkpoint_steps(run_dir):
         raise UsageError(f"{run_dir} has no checkpoint yet (train it, or --resume its "
                          "training)")
-    _, plan_keys = stages.eval_keys()
-    ignored = sorted(k for k in sets if k in plan_keys and k != "greedy")
     warnings = stages.eval_warnings(cfg, env.horizon, int(saved["model"]["n_transit"]))
-    if args.planner == "policy" and (ignored or args.beam_size is not None
-                                     or args.depth is not None):
-        warnings.append("planner settings have no effect with --planner policy (AD)")
     return {"run": run_dir, "env": env_name, "split": args.split, "split_seed": split_seed,
             "task_index": idx, "seed": args.seed, "eval": cfg, "warnings": warnings}
 
@@ -99,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
     trained = load_run(r["run"])
     env, _ = dicp_envs.make(trained.env_name)
-    label = "DICP" if args.planner == "beam" else "AD"
-    how = (f"beam search, beam size {cfg.plan.beam_size}, depth {cfg.plan.depth}"
-           if args.planner == "beam" else "policy head")
+    label = {"beam": "DICP", "policy": "AD"}.get(cfg.planner, cfg.planner)
+    how = ", ".join([f"planner {cfg.planner}"]
+                    + [f"{k} {v}" for k, v in cfglib.to_dict(cfg.plan).items()])
     print(f"meta-testing {label} ({how}) on {len(idx)} {args.split} tasks x {cfg.episodes} "
           f"episodes of {env.horizon} steps, seed {args.seed}", flush=True)
     print("compiling the meta-test (one time) and running it ...", flush=True)

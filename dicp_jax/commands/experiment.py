@@ -16,7 +16,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="redo every stage instead of reusing valid results")
     p.add_argument("--out-root", default=None, help="default: experiments/results")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (messages and results are still shown)")
     p.add_argument("--dry-run", action="store_true",
                    help="print every stage's resolved config as JSON and exit")
 
@@ -41,26 +42,32 @@ def run(args: argparse.Namespace) -> int:
         run_experiment,
         stage_configs,
     )
+    from dicp_jax.reporting import console
 
     splits = parse_splits(args.splits)
     exp = load_experiment(args.name)
     env, _ = dicp_envs.make(exp.env)
-    seeds = splits or exp.splits or (dicp_envs.spec(exp.env).split_seed,)
+    seeds = splits or exp.splits or (dicp_envs.family(exp.env).split_seed,)
     cfgs = stage_configs(exp)
-    for message in (stages.train_warnings(cfgs["train"])
-                    + stages.eval_warnings(cfgs["dicp"], env.horizon, cfgs["model"].n_transit)):
+    messages = stages.train_warnings(cfgs["train"])
+    for label, cfg in cfgs["eval"].items():
+        messages += [f"row {label!r}: {m}"
+                     for m in stages.eval_warnings(cfg, env.horizon, cfgs["model"].n_transit)]
+    for message in messages:
         warn("experiment", message)
     if args.dry_run:
         return print_config("experiment", {
             "name": exp.name, "env": exp.env, "preset": exp.preset, "splits": list(seeds),
             "n_tasks": len(experiment_tasks(exp)), "test_tasks": exp.test_tasks,
             "eval_seed": exp.eval_seed,
+            "rows": [{k: getattr(r, k) for k in ("label", "method", "planner", "paper")}
+                     for r in exp.rows],
             **{k: v for k, v in cfgs.items() if k != "train"},
             "train": {str(s): stage_configs(exp, splits_seed=s)["train"] for s in seeds}})
     try:
         run_experiment(exp, splits=splits, force=args.force,
                        out_root=Path(args.out_root) if args.out_root else None,
-                       progress=not args.no_progress)
+                       report=console(progress=not args.no_progress))
     except KeyboardInterrupt:
         raise KeyboardInterrupt("interrupted: finished stages and stored chunks are kept; "
                                 "rerun the same command to continue") from None

@@ -8,14 +8,22 @@ from pathlib import Path
 
 KINDS = ("envs", "experiments", "methods", "planners", "presets")
 
-METHODS = {
-    "ad": "Algorithm Distillation Transformer with in-context world-model heads "
-          "(train with dynamics_strength=0 for plain AD); meta-tested with a planner below",
-}
-PLANNERS = {
-    "policy": "act from the imitation (policy) head: AD behaviour (dicp eval --planner policy)",
-    "beam": "beam search with the in-context world model: DICP (dicp eval --planner beam)",
-}
+
+
+def registry_rows(package: str) -> list[str]:
+    """``name: first docstring line`` of the module behind each entry of the registry
+    ``dicp_jax.<package>`` (a method is a module; a planner names its ``make``)."""
+    import importlib
+    import sys
+
+    registry = importlib.import_module(f"dicp_jax.{package}")
+    rows = []
+    for name in registry.names():
+        entry = registry.get(name)
+        module = entry if hasattr(entry, "__file__") else sys.modules[entry.make.__module__]
+        doc = (module.__doc__ or "").strip().splitlines()
+        rows.append(f"{name}: {doc[0]}" if doc else name)
+    return rows
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -29,7 +37,7 @@ def env_rows() -> list[str]:
     rows = []
     for name in dicp_envs.names():
         env, _ = dicp_envs.make(name)
-        spec = dicp_envs.spec(name)
+        spec = dicp_envs.family(name)
         n_train = len(dicp_envs.split_indices(name, "train"))
         n_test = len(dicp_envs.split_indices(name, "test"))
         rows.append(f"{name}: {n_train + n_test} tasks ({n_train} train / {n_test} test, "
@@ -65,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     sections = {
         "envs": env_rows,
         "experiments": experiment_rows,
-        "methods": lambda: [f"{k}: {v}" for k, v in METHODS.items()],
-        "planners": lambda: [f"{k}: {v}" for k, v in PLANNERS.items()],
+        "methods": lambda: registry_rows("methods"),
+        "planners": lambda: registry_rows("planning"),
         "presets": preset_rows,
     }
     for kind in [args.what] if args.what else KINDS:

@@ -41,14 +41,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="override a train or model config field (repeatable)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its latest checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (validation lines are still shown)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved configs as JSON and exit")
 
 
 def build_configs(env: str, preset: str, sets: list[str], dynamics_strength=None,
-                  split_seed=None) -> tuple[Any, Any]:
-    """(train_cfg, model_cfg) from a preset plus ``--set`` overrides; raises ConfigError."""
+                  split_seed=None) -> Any:
+    """``stages.TrainStage`` (train, model, codec configs) from a preset plus ``--set``
+    overrides; raises ConfigError."""
     from dicp_jax import config as cfglib
     from dicp_jax import stages
 
@@ -58,8 +60,7 @@ def build_configs(env: str, preset: str, sets: list[str], dynamics_strength=None
         overrides["dynamics_strength"] = dynamics_strength
     if split_seed is not None:
         overrides["split_seed"] = split_seed
-    train_over, model_over = stages.split_train_model(overrides)
-    return stages.train_configs(env, preset, train_over, model_over)
+    return stages.train_configs(env, preset, **stages.split_train_model(env, overrides))
 
 
 def check_dataset(env: str, data: Path, train_cfg: Any, model_cfg: Any) -> None:
@@ -99,7 +100,7 @@ def check_dataset(env: str, data: Path, train_cfg: Any, model_cfg: Any) -> None:
 
 
 def check_run(out: Path, data: Path, env: str, train_cfg: Any, model_cfg: Any,
-              resume: bool) -> str | None:
+              codec_cfg: Any, resume: bool) -> str | None:
     """Refuse a run directory the run cannot (or must not) use. Returns a message instead
     of training when a resumed run is already finished."""
     from dicp_jax import checkpoint as ckpt
@@ -118,7 +119,7 @@ def check_run(out: Path, data: Path, env: str, train_cfg: Any, model_cfg: Any,
     if recorded and Path(recorded).resolve() != data.resolve() and recorded != str(data):
         raise UsageError(f"{out} was trained on --data {recorded}, not {data}; resume it with "
                          f"--data {recorded} or train a new run")
-    ckpt.check_compatible(saved, env, model_cfg, train_cfg, out)
+    ckpt.check_compatible(saved, env, model_cfg, train_cfg, out, codec_cfg)
     steps = checkpoint_steps(out)
     if steps and steps[-1] >= train_cfg.steps:
         return (f"{out} is already finished (checkpoint at step {steps[-1]} of "
@@ -133,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
     from dicp_jax.stages import train_warnings
 
-    train_cfg, model_cfg = build_configs(args.env, args.preset, args.set,
-                                         args.dynamics_strength, args.split_seed)
+    train_cfg, model_cfg, codec_cfg = build_configs(args.env, args.preset, args.set,
+                                                    args.dynamics_strength, args.split_seed)
     for message in train_warnings(train_cfg):
         warn("train", message)
     data, out = Path(args.data), Path(args.out)
@@ -143,20 +144,23 @@ def run(args: argparse.Namespace) -> int:
     if train_cfg.batch_size % n_dev:
         raise UsageError(f"batch_size={train_cfg.batch_size} must be divisible by the {n_dev} "
                          "devices (set batch_size, or --cpu-devices on CPU)")
-    finished = check_run(out, data, args.env, train_cfg, model_cfg, args.resume)
+    finished = check_run(out, data, args.env, train_cfg, model_cfg, codec_cfg, args.resume)
     if args.dry_run:
         return print_config("train", {"env": args.env, "data": data, "out": out,
-                                      "devices": n_dev, "train": train_cfg, "model": model_cfg})
+                                      "devices": n_dev, "train": train_cfg, "model": model_cfg,
+                                      "codec": codec_cfg})
     if finished:
         print(finished)
         return 0
+    from dicp_jax.reporting import console
     from dicp_jax.train import train
 
     print(f"training {args.env} ({args.preset} preset, {train_cfg.steps} steps) into {out}: "
           "loading the dataset and compiling the train step (one time) ...", flush=True)
     try:
-        val = train(args.env, data, out, train_cfg, model_cfg, resume=args.resume,
-                    progress=not args.no_progress)
+        val = train(args.env, data, out, train_cfg, model_cfg, codec_cfg=codec_cfg,
+                    resume=args.resume,
+                    report=console(progress=not args.no_progress))
     except KeyboardInterrupt:
         steps = checkpoint_steps(out)
         kept = f"its checkpoint at step {steps[-1]}" if steps else "no checkpoint yet"

@@ -7,7 +7,8 @@ global grad-norm clip, GAE, advantages normalised per minibatch (torch ``std`` i
 unbiased one), unclipped value loss, ``n_epochs`` shuffled passes per rollout, raw
 positions fed as floats, and truncation handled like SB3: ``r += gamma * V(s'_true)``.
 
-Everything here is a function of ONE task: ``make_learner`` returns the whole learner,
+This module is the ``ppo`` source (``dicp_jax.sources``). Everything here is a function of
+ONE task: ``make_learner`` returns the whole learner,
 ``learn(key, env_params) -> History [S, T]``, rollouts and updates scanned inside it
 (PureJaxRL style); ``collect.py`` maps it over a chunk of tasks in one jitted call.
 """
@@ -23,10 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dicp_jax.history import History
+from dicp_jax.config import ConfigError
+from dicp_jax.sources.base import History
 
 Array = jax.Array
 Params = dict[str, Any]
+
+NAME = "ppo"
+DESCRIPTION = "PPO (Stable-Baselines3 MlpPolicy semantics, dicp_jax.sources.ppo)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +68,6 @@ class PPOConfig:
         return self.batch_size // self.minibatch_size
 
     def validate(self) -> None:
-        from dicp_jax.config import ConfigError
-
         for k in ("n_streams", "steps_per_stream", "n_steps", "minibatch_size", "n_epochs"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -84,20 +87,20 @@ class PPOConfig:
                               f"minibatch_size={self.minibatch_size}")
 
 
-# Paper settings (Son et al., App. B): SB3 defaults plus these per-env values.
-_PAPER = {
-    "darkroom": dict(n_steps=20, minibatch_size=50, n_epochs=20),
-    "dark_key_to_door": dict(n_steps=50, minibatch_size=100, n_epochs=10),
-    "darkroom_permuted": dict(n_steps=50, minibatch_size=50, n_epochs=20),
-}
+def paper_config(env_name: str, **overrides: Any) -> PPOConfig:
+    """SB3's defaults with the paper's settings for this family (its registration's
+    ``source_settings["ppo"]``), then ``overrides``."""
+    import dicp_envs
 
-
-def paper_ppo_config(env_name: str, **overrides: Any) -> PPOConfig:
-    if env_name not in _PAPER:
-        raise ValueError(f"no paper PPO settings for {env_name!r}; known: {sorted(_PAPER)}")
-    cfg = PPOConfig(**{**_PAPER[env_name], **overrides})
+    family = dicp_envs.family(env_name)
+    if "ppo" not in family.source_settings:
+        raise ConfigError(f"no paper PPO settings for {env_name!r}")
+    cfg = PPOConfig(**{**family.source_settings["ppo"], **overrides})
     cfg.validate()
     return cfg
+
+
+Config = PPOConfig
 
 
 # -- the learner -------------------------------------------------------------------------------

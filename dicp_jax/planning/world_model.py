@@ -1,4 +1,4 @@
-"""The planner's and the rollout's view of a model: three pure functions over a cache.
+"""The planners' and the rollout's view of a model: three pure functions over a cache.
 
     init_cache(length)                    -> cache            (empty)
     decode(tokens[T], caches=(c1, ...))   -> (Heads[T], entries[T])
@@ -8,7 +8,8 @@
 stores their entries at the given slots. The real Transformer implements this with a
 key/value cache (each new token costs only itself); the *uncached* adapter keeps raw tokens
 and re-runs the full context on every call (the paper code's cost model, kept to measure the
-cache's benefit); tests plug in an oracle with the true dynamics behind the same interface.
+cache's benefit); ``dicp_jax.testing.oracle`` puts the true dynamics behind the same
+interface.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ def cached(model: Any, params: Any) -> WorldModel:
     return WorldModel(lambda length: init_cache(model.cfg, length), decode, write)
 
 
-def empty_tokens(length: int, obs_dim: int, obs_dtype: Any = jnp.int32) -> Tokens:
-    """A buffer of invisible tokens (``step = EMPTY_STEP``)."""
+def empty_tokens(length: int, codec: Any) -> Tokens:
+    """A buffer of ``length`` invisible tokens (``step = EMPTY_STEP``) in the codec's dtypes."""
     return Tokens(
         kind=jnp.zeros((length,), jnp.int32),
-        obs=jnp.zeros((length, obs_dim), obs_dtype),
+        obs=jnp.zeros((length, codec.obs.dim), codec.obs.dtype),
         prev_reward=jnp.zeros((length,), jnp.float32),
         first=jnp.zeros((length,), bool),
-        action=jnp.zeros((length,), jnp.int32),
+        action=jnp.zeros((length, *codec.action.shape), codec.action.dtype),
         step=jnp.full((length,), EMPTY_STEP, jnp.int32),
     )
 
@@ -56,7 +57,7 @@ def write_tokens(buffer: Tokens, tokens: Tokens, slots: jax.Array) -> Tokens:
     return jax.tree.map(lambda b, t: b.at[slots].set(t.astype(b.dtype)), buffer, tokens)
 
 
-def uncached(model: Any, params: Any, obs_dim: int) -> WorldModel:
+def uncached(model: Any, params: Any) -> WorldModel:
     """Re-run the whole visible context for every new token batch (no key/value reuse).
 
     The same visibility rule applies because the model masks by each token's step and
@@ -75,4 +76,7 @@ def uncached(model: Any, params: Any, obs_dim: int) -> WorldModel:
     def write(buffer: Tokens, entries: Tokens, tokens: Tokens, slots: jax.Array) -> Tokens:
         return write_tokens(buffer, entries, slots)
 
-    return WorldModel(lambda length: empty_tokens(length, obs_dim), decode, write)
+    return WorldModel(lambda length: empty_tokens(length, model.codec), decode, write)
+
+
+__all__ = ["WorldModel", "cached", "empty_tokens", "uncached", "write_tokens"]

@@ -1,0 +1,78 @@
+"""AD (Algorithm Distillation) with DICP's dynamics heads: imitate the source learner's next
+action and, from the same backbone, predict reward, next observation and return-to-go.
+
+Batch layout: a plain causal window of ``n`` consecutive transitions of one learning
+history (two tokens per transition, see ``dicp_jax.model``), every state token an
+imitation target and every action token a dynamics target (dense targets). With
+``lam = 0`` (``TrainConfig.dynamics_strength``) this is plain AD.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dicp_jax.data import Targets, TrainData
+from dicp_jax.model import DICPTransformer, Tokens, branch_heads, interleave, token_dtype
+
+NAME = "ad"
+
+
+def make_model(model_cfg, codec) -> DICPTransformer:
+    return DICPTransformer(model_cfg, codec)
+
+
+def window(data: TrainData, task, stream, offset, n: int) -> tuple[Tokens, Targets]:
+    """One window of n transitions starting at ``offset`` -> Tokens [2n], Targets [n].
+
+    The state token of transition t carries r_{t-1} and first_t = done_{t-1} from the data
+    (r = 0, first = True only at the very start of a stream), exactly as a cache filled while
+    acting would; its step index is window-relative (RoPE is relative)."""
+    sl = lambda a: jax.lax.dynamic_slice_in_dim(a[task, stream], offset, n, 0)
+    prev = lambda a, fill: jnp.where(offset > 0,
+                                     a[task, stream][jnp.maximum(offset - 1, 0)], fill)
+    reward = sl(data.reward).astype(jnp.float32)
+    done = sl(data.done).astype(bool)
+    prev_reward = jnp.concatenate([prev(data.reward, 0).astype(jnp.float32)[None], reward[:-1]])
+    first = jnp.concatenate([prev(data.done, 1).astype(bool)[None], done[:-1]])
+    obs, action = sl(data.obs), sl(data.action)
+    tokens = interleave(token_dtype(obs), prev_reward, first, action,
+                        jnp.arange(n, dtype=jnp.int32))
+    targets = Targets(token_dtype(action), reward, token_dtype(sl(data.next_obs)),
+                      sl(data.rtg), jnp.full((n,), data.imitate[task], jnp.float32))
+    if data.cf_action is not None:
+        targets = targets._replace(cf_action=token_dtype(sl(data.cf_action)),
+                                   cf_reward=sl(data.cf_reward).astype(jnp.float32),
+                                   cf_next_obs=token_dtype(sl(data.cf_next_obs)))
+    return tokens, targets
+
+
+def loss(model, params, tokens, targets, key, lam: float, deterministic: bool = False,
+           weight: jax.Array | None = None, cf_weight: float = 0.0):
+    """Per-batch loss = imitation + lam * (reward + next obs + return-to-go
+    + cf_weight * (reward + next obs of the counterfactual branch tokens)), averaged over
+    the positions with ``weight`` [B, n] (default: all); imitation also by
+    ``targets.imitate``."""
+    codec = model.codec
+    w = jnp.ones(targets.reward.shape, jnp.float32) if weight is None else weight  # [B, n]
+    mean = lambda x, v=w: (x * v).sum() / jnp.maximum(v.sum(), 1.0)
+    keys = jax.random.split(key, targets.reward.shape[0])
+    apply = lambda t, k: model.apply({"params": params}, t, deterministic=deterministic,
+                                     rngs={"dropout": k})
+    heads, kv = jax.vmap(apply)(tokens, keys)
+    s, a = slice(0, None, 2), slice(1, None, 2)  # state tokens, action tokens
+    act = mean(codec.action.loss(heads.action_logits[:, s], targets.action), w * targets.imitate)
+    rew = mean(codec.reward.loss(heads.reward_logits[:, a], targets.reward))
+    obs = mean(codec.obs.loss(heads.obs_logits[:, a], targets.next_obs))
+    rtg = mean(jnp.square((heads.rtg[:, a] - targets.rtg) / codec.rtg_scale))
+    total = act + lam * (rew + obs + rtg)
+    metrics = {"action_loss": act, "reward_loss": rew, "obs_loss": obs, "rtg_loss": rtg}
+    if cf_weight > 0:
+        branch = jax.vmap(lambda t, v, c, k: branch_heads(model, params, t, v, c, k,
+                                                          deterministic))
+        bh = branch(tokens, kv, targets.cf_action, keys)  # heads [B, n, ...]
+        cf_rew = mean(codec.reward.loss(bh.reward_logits, targets.cf_reward))
+        cf_obs = mean(codec.obs.loss(bh.obs_logits, targets.cf_next_obs))
+        total = total + lam * cf_weight * (cf_rew + cf_obs)
+        metrics.update(cf_reward_loss=cf_rew, cf_obs_loss=cf_obs)
+    return total, {"loss": total, **metrics}
