@@ -28,6 +28,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ MIN_CHUNKS = 4
 # Tasks vmapped together inside a device's loop (``make_collect``). It is part of what a
 # history is a function of, so it is recorded with the dataset. Small blocks suit CPUs
 # (BENCHMARKS.md measures 1, 2 and 4); accelerators want far larger ones.
-DEFAULT_BLOCK = 4
+DEFAULT_BLOCK = 2
 
 
 def chunk_size_for(env: Any, cfg: Any, n_tasks: int, n_devices: int,
@@ -138,8 +139,6 @@ def compile_collect(env: Any, cfg: Any, per_device: int, devices: list | None = 
     unpartitioned (one device), so histories changed with the device count. Tasks need no
     communication, so each device runs its own copy. Cached per (env, cfg without seed,
     size, block, device): the seed only enters through the keys."""
-    from concurrent.futures import ThreadPoolExecutor
-
     devices = list(jax.devices() if devices is None else devices)
     if per_device < 1 or per_device % block:
         raise ValueError(f"{per_device} tasks per device is not a positive multiple of "
@@ -189,28 +188,20 @@ def collect(env: Any, task_index: np.ndarray, cfg: Any, *,
                                     "unit": "task"}))
     kept: list[tuple[History, np.ndarray]] = []
     run_s, steps_per_task = 0.0, cfg.n_streams * cfg.steps_per_stream
-    for s in range(0, len(task_index), chunk):
-        idx = task_index[s:s + chunk]
-        padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])  # pad: repeat last
-        keys, params = seed_keys(cfg.seed, padded), env.params_for(all_tasks[padded])
-        t1 = time.perf_counter()
-        # dispatch every device's part before fetching any: the devices run side by side
-        outs = [run(*jax.device_put(jax.tree.map(lambda a, i=i: a[i:i + per_device],
-                                                 (keys, params)), device))
-                for run, device, i in zip(compiled, devices, range(0, chunk, per_device),
-                                          strict=True)]
-        outs = jax.device_get(outs)
-        run_s += time.perf_counter() - t1
-        hist = History(*(np.concatenate(f)[:len(idx)] for f in zip(*(h for h, _ in outs),
-                                                                   strict=True)))
-        rets = np.concatenate([r for _, r in outs])[:len(idx)]
-        if on_chunk is not None:
-            on_chunk(idx, hist, rets)
-        else:
-            kept.append((hist, rets))
-        report(Event("progress", desc, {
-            "name": "collect", "done": s + len(idx), "total": len(task_index), "unit": "task",
-            "postfix": {"steps_per_s": f"{(s + len(idx)) * steps_per_task / run_s:,.0f}"}}))
+    with ThreadPoolExecutor(len(devices)) as pool:
+        for s in range(0, len(task_index), chunk):
+            idx = task_index[s:s + chunk]
+            hist, rets, secs = _run_chunk(env, cfg, idx, chunk, all_tasks, pool, compiled,
+                                          devices)
+            run_s += secs
+            if on_chunk is not None:
+                on_chunk(idx, hist, rets)
+            else:
+                kept.append((hist, rets))
+            done = s + len(idx)
+            report(Event("progress", desc, {
+                "name": "collect", "done": done, "total": len(task_index), "unit": "task",
+                "postfix": {"steps_per_s": f"{done * steps_per_task / run_s:,.0f}"}}))
     if stats is not None:
         stats.update(compile_s=compile_s, run_s=run_s, chunk=chunk,
                      env_steps=len(task_index) * steps_per_task)
@@ -218,6 +209,25 @@ def collect(env: Any, task_index: np.ndarray, cfg: Any, *,
         return None
     hist = History(*(np.concatenate(f) for f in zip(*(h for h, _ in kept), strict=True)))
     return hist, np.concatenate([r for _, r in kept])
+
+
+def _run_chunk(env, cfg, idx, chunk, all_tasks, pool, compiled, devices):
+    """One chunk: padded to ``chunk`` tasks (the last repeated), each device's share run
+    from its own host thread (a call blocks its thread while its device runs, so
+    dispatching from one thread ran the devices one after the other). Returns the chunk's
+    (History, returns) without the padding, and the seconds it ran."""
+    per_device = chunk // len(devices)
+    padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])
+    keys, params = seed_keys(cfg.seed, padded), env.params_for(all_tasks[padded])
+    parts = [jax.tree.map(lambda a, i=i: a[i:i + per_device], (keys, params))
+             for i in range(0, chunk, per_device)]
+    t0 = time.perf_counter()
+    run = lambda job: jax.device_get(job[0](*jax.device_put(job[1], job[2])))
+    outs = list(pool.map(run, zip(compiled, parts, devices, strict=True)))
+    secs = time.perf_counter() - t0
+    hist = History(*(np.concatenate(f)[:len(idx)] for f in zip(*(h for h, _ in outs),
+                                                               strict=True)))
+    return hist, np.concatenate([r for _, r in outs])[:len(idx)], secs
 
 
 def collect_dataset(env_name: str, out: str | Path, cfg: Any | None = None, *,

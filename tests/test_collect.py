@@ -88,11 +88,11 @@ LAYOUTS = textwrap.dedent("""
     cfg = paper_config(env_name, steps_per_stream=steps)
     idx = np.array([4, 5, 6, 7, 8, 9])
     dev = jax.devices()
-    runs = {"1 device, chunks of 4": (idx, collect.collect(env, idx, cfg, devices=dev[:1])),
+    runs = {"1 device, default chunks": (idx, collect.collect(env, idx, cfg, devices=dev[:1])),
             "2 devices, reversed": (idx[::-1], collect.collect(env, idx[::-1], cfg,
                                                                 devices=dev[:2]))}
     if full:
-        runs["1 device, one chunk of 2 blocks"] = (idx, collect.collect(
+        runs["1 device, one chunk"] = (idx, collect.collect(
             env, idx, cfg, devices=dev[:1], chunk_size=8))
         runs["4 devices, a task alone"] = (idx[2:3], collect.collect(env, idx[2:3], cfg,
                                                                      devices=dev))
@@ -133,10 +133,10 @@ def test_history_independent_of_grouping(tmp_path, env_name, steps, full):
     got = np.load(out)
     runs = sorted({k.split("|")[0] for k in got.files})
     assert len(runs) == (5 if full else 2)
-    ref = {int(t): i for i, t in enumerate(got["1 device, chunks of 4|6"])}
+    ref = {int(t): i for i, t in enumerate(got["1 device, default chunks|6"])}
     for run in runs:
         for row, task in enumerate(got[f"{run}|6"]):
             for i in range(6):  # obs, action, reward, next_obs, done, episode returns
                 assert np.array_equal(got[f"{run}|{i}"][row],
-                                      got[f"1 device, chunks of 4|{i}"][ref[int(task)]]), (
+                                      got[f"1 device, default chunks|{i}"][ref[int(task)]]), (
                     run, int(task), i)

@@ -24,12 +24,26 @@ from dicp_jax.codecs.base import Codec
 Array = jax.Array
 
 
-def _cross_entropy(head: Array, label: Array) -> Array:
-    return optax.softmax_cross_entropy_with_integer_labels(head.astype(jnp.float32), label)
+class Classified:
+    """A part whose values are classes: the head holds logits, and the loss, accuracy, mode
+    and samples all go through the part's ``to_class`` / ``from_class``."""
+
+    def loss(self, head: Array, value: Array) -> Array:
+        return optax.softmax_cross_entropy_with_integer_labels(head.astype(jnp.float32),
+                                                               self.to_class(value))
+
+    def correct(self, head: Array, value: Array) -> Array:
+        return jnp.argmax(head, -1) == self.to_class(value)
+
+    def mode(self, head: Array) -> Array:
+        return self.from_class(jnp.argmax(head, -1))
+
+    def sample(self, key: Array, head: Array) -> Array:
+        return self.from_class(jax.random.categorical(key, head))
 
 
 @dataclasses.dataclass(frozen=True)
-class GridObs:
+class GridObs(Classified):
     """An ``int[dim]`` cell of a ``grid_size``-wide grid, classified among all cells."""
 
     grid_size: int
@@ -69,21 +83,9 @@ class GridObs:
             nn.gelu(nn.Dense(width, name="obs_mix_in")(joint)))
         return coords.sum(-2) + mixed
 
-    def loss(self, head: Array, obs: Array) -> Array:
-        return _cross_entropy(head, self.to_class(obs))
-
-    def correct(self, head: Array, obs: Array) -> Array:
-        return jnp.argmax(head, -1) == self.to_class(obs)
-
-    def mode(self, head: Array) -> Array:
-        return self.from_class(jnp.argmax(head, -1))
-
-    def sample(self, key: Array, head: Array) -> Array:
-        return self.from_class(jax.random.categorical(key, head))
-
 
 @dataclasses.dataclass(frozen=True)
-class ClassReward:
+class ClassReward(Classified):
     """A reward from a known finite set of values, classified (nearest value)."""
 
     values: tuple[float, ...] = (0.0, 1.0)
@@ -103,25 +105,13 @@ class ClassReward:
     def embed(self, reward: Array, width: int) -> Array:
         return nn.Embed(self.head_size, width, name="reward_embed")(self.to_class(reward))
 
-    def loss(self, head: Array, reward: Array) -> Array:
-        return _cross_entropy(head, self.to_class(reward))
-
-    def correct(self, head: Array, reward: Array) -> Array:
-        return jnp.argmax(head, -1) == self.to_class(reward)
-
-    def mode(self, head: Array) -> Array:
-        return self.from_class(jnp.argmax(head, -1))
-
-    def sample(self, key: Array, head: Array) -> Array:
-        return self.from_class(jax.random.categorical(key, head))
-
     def expected(self, head: Array) -> Array:
         """The mean reward under the predicted class probabilities."""
         return jax.nn.softmax(head.astype(jnp.float32)) @ jnp.asarray(self.values, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
-class Categorical:
+class Categorical(Classified):
     """One of ``n`` discrete actions; the head holds logits."""
 
     n: int
@@ -132,21 +122,15 @@ class Categorical:
     def head_size(self) -> int:
         return self.n
 
+    def to_class(self, action: Array) -> Array:
+        return jnp.clip(jnp.asarray(action).astype(jnp.int32), 0, self.n - 1)
+
+    def from_class(self, cls: Array) -> Array:
+        return jnp.asarray(cls).astype(jnp.int32)
+
     def embed(self, action: Array, width: int) -> Array:
-        index = jnp.clip(jnp.asarray(action).astype(jnp.int32), 0, self.n - 1)
-        return nn.Embed(self.n, width, name="action_embed")(index)
+        return nn.Embed(self.n, width, name="action_embed")(self.to_class(action))
 
-    def loss(self, head: Array, action: Array) -> Array:
-        return _cross_entropy(head, jnp.asarray(action).astype(jnp.int32))
-
-    def correct(self, head: Array, action: Array) -> Array:
-        return jnp.argmax(head, -1) == action
-
-    def mode(self, head: Array) -> Array:
-        return jnp.argmax(head, -1).astype(jnp.int32)
-
-    def sample(self, key: Array, head: Array) -> Array:
-        return jax.random.categorical(key, head).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,7 @@
-"""AD (Algorithm Distillation) with DICP's dynamics heads: imitate the source learner's next
-action and, from the same backbone, predict reward, next observation and return-to-go.
+"""AD (Algorithm Distillation) with DICP's dynamics heads on the same backbone.
+
+Imitate the source learner's next action and, from the same backbone, predict reward, next
+observation and return-to-go.
 
 Batch layout: a plain causal window of ``n`` consecutive transitions of one learning
 history (two tokens per transition, see ``dicp_jax.model``), every state token an
