@@ -133,6 +133,7 @@ CASES = [
     (["collect", "--env", "darkroom", "--tasks", "82"], 2, "has only 81 tasks"),
     (["collect", "--env", "darkroom", "--chunk-size", "0"], 2, "--chunk-size must be positive"),
     (["collect", "--env", "darkroom", "--chunk-size", "-3"], 2, "--chunk-size must be positive"),
+    (["collect", "--env", "darkroom", "--block", "0"], 2, "--block must be positive"),
     (["collect", "--env", "darkroom", "--memory-budget", "-1"], 2, "--memory-budget must be"),
     (["collect", "--env", "darkroomz"], 2, "unknown env 'darkroomz'; valid: dark_key_to_door"),
     (["collect", "--env", "darkroom", "--set", "n_epoch=3"], 2, "valid keys: n_streams"),

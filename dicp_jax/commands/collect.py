@@ -41,6 +41,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "most a quarter of the run)")
     parser.add_argument("--memory-budget", type=float, default=2.0,
                         help="GiB of device memory per chunk, used to size chunks")
+    parser.add_argument("--block", type=int, default=None, metavar="N",
+                        help="tasks vmapped together per device (default: "
+                             "collect.DEFAULT_BLOCK, sized for CPUs; raise it on "
+                             "accelerators). Part of what a history is a function of, "
+                             "recorded with the dataset")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -143,12 +148,19 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     positive("--tasks", args.tasks)
     positive("--chunk-size", args.chunk_size)
     positive("--memory-budget", args.memory_budget)
+    positive("--block", args.block)
     ppo = stages.ppo_config(args.env, cfglib.parse_sets(args.set))
     split, idx = select_tasks(args.env, args.split, args.tasks)
     out = Path(args.out or f"data/{args.env}")
     check_out(out, args.env, cfglib.to_dict(ppo), idx, args.resume, args.overwrite)
     return {"env": args.env, "split": split, "n_tasks": len(idx), "out": out, "ppo": ppo,
             "task_index": idx}
+
+
+def block(args: argparse.Namespace) -> int:
+    from dicp_jax.collect import DEFAULT_BLOCK
+
+    return DEFAULT_BLOCK if args.block is None else args.block
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
         env, _ = dicp_envs.make(args.env)
         chunk = chunk_size_for(env, r["ppo"], len(idx), jax.device_count(),
-                               args.memory_budget * 2**30, args.chunk_size)
+                               args.memory_budget * 2**30, args.chunk_size, block(args))
         shown = {k: v for k, v in r.items() if k != "task_index"}
         if r["split"] == "subset":
             shown["task_index"] = [int(i) for i in idx]
@@ -184,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
                                resume=args.resume, overwrite=args.overwrite,
                                report=console(progress=not args.no_progress),
                                chunk_size=args.chunk_size,
-                               memory_budget=args.memory_budget * 2**30, stats=stats)
+                               memory_budget=args.memory_budget * 2**30, stats=stats,
+                               block=block(args))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted: {stored_tasks(out)} of {len(idx)} tasks kept in "
                                 f"{out}, rerun the same command with --resume") from None
