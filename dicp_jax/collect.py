@@ -248,7 +248,8 @@ def collect_dataset(env_name: str, out: str | Path, cfg: Any | None = None, *,
     from dicp_jax.history import DatasetWriter
 
     env, _ = dicp_envs.make(env_name, **env_kwargs)
-    cfg = sources.get("ppo").paper_config(env_name) if cfg is None else cfg
+    cfg = (sources.get(dicp_envs.family(env_name).source).paper_config(env_name)
+           if cfg is None else cfg)
     cfg.validate()
     source = sources.for_config(cfg)
     if task_index is not None:

@@ -43,11 +43,14 @@ def check_env_name(env_name: str) -> None:
 
 
 def ppo_config(env_name: str, overrides: Mapping[str, Any] | None = None) -> Any:
-    """The env's paper PPO settings with ``overrides`` (``PPOConfig`` fields) applied."""
-    from dicp_jax.sources.ppo import paper_config
+    """The env's paper source settings (its family's source, PPO on the grids) with
+    ``overrides`` (fields of that source's config) applied."""
+    import dicp_envs
+    from dicp_jax import sources
 
     check_env_name(env_name)
-    return cfglib.replace(paper_config(env_name), **dict(overrides or {}))
+    source = sources.get(dicp_envs.family(env_name).source)
+    return cfglib.replace(source.paper_config(env_name), **dict(overrides or {}))
 
 
 class TrainStage(NamedTuple):

@@ -52,8 +52,11 @@ class Family:
     """A registered task family: how to build its env, how its tasks split, and the paper's
     defaults for it (so no per-env table lives in training, collection or evaluation).
 
-    ``source_settings`` maps a source algorithm's name to its paper settings on this family
-    (overrides of that source's config defaults)."""
+    ``source`` names the family's source algorithm (``dicp_jax.sources``) and
+    ``source_settings`` maps a source's name to its paper settings on this family (overrides
+    of that source's config defaults). ``splits`` is for families whose tasks are *drawn*
+    rather than enumerated (continuous goals): ``splits(split, seed) -> indices`` into
+    ``task_list()``; None = the paper's shuffled split of the enumeration."""
 
     name: str
     factory: Callable[..., Any]
@@ -61,6 +64,8 @@ class Family:
     train_ratio: float = 0.9
     n_transit: int = 80  # paper context length in transitions
     plan_depth: int = 8  # paper planning depth
+    source: str = "ppo"
+    splits: Callable[[str, int | None], Any] | None = None
     source_settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __hash__(self) -> int:

@@ -55,9 +55,11 @@ def split_indices(name: str, split: str = "all", seed: int | None = None,
     s = family(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    seed = s.split_seed if seed is None else seed
+    if s.splits is not None and split != "all":
+        return np.asarray(s.splits(split, seed), dtype=np.int64)
     if n_tasks is None:
         n_tasks = len(make(name)[0].task_list())
-    seed = s.split_seed if seed is None else seed
     ratio = s.train_ratio if ratio is None else ratio
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"train ratio must be in [0, 1], got {ratio}")
