@@ -30,6 +30,7 @@ import numpy as np
 import dicp_envs
 from dicp_jax import codecs
 from dicp_jax.evaluate import EvalConfig, make_evaluate
+from dicp_jax.methods.ad import agent_from
 from dicp_jax.model import (
     DICPTransformer,
     ModelConfig,
@@ -109,7 +110,8 @@ def throughput(model, params, codec, mcfg, env, plan: BeamConfig, episodes: int,
                                          reward_memory=True)}
     for name, mode in modes.items():
         cfg = EvalConfig(episodes=episodes, plan_start=0, **mode)
-        evaluate = make_evaluate(env, lambda p: cached(model, p), codec, cfg, mcfg.n_transit)
+        evaluate = make_evaluate(env, lambda p: agent_from(cached(model, p), codec, mcfg.n_transit),
+                                 codec, cfg, mcfg.n_transit)
         t0 = time.perf_counter()
         compiled = evaluate.lower(params, tasks, keys).compile()
         compile_s = time.perf_counter() - t0

@@ -1,9 +1,10 @@
 """The meta-test: env + model + planner in ONE jitted ``lax.scan`` over steps, vmapped over tasks.
 
-No parameter updates: the model acts from its in-context history, a sliding window of the
-last ``n_transit`` transitions kept in a ring-buffer cache of ``2 * n_transit`` token slots
-(across episode boundaries). Each real step appends a state token, picks an action, appends
-the action token, and steps the env inside the same compiled function.
+No parameter updates: the model acts from its in-context history (across episode
+boundaries), kept by the method's *agent* (``dicp_jax.methods``) in fixed-size buffers: for
+AD a ring-buffer key/value cache of the last ``n_transit`` transitions. Each real step hands
+the agent the current observation and the transition that led to it, picks an action,
+records it with the agent, and steps the env inside the same compiled function.
 
 The action is the policy head's (sampled, or its mode with ``greedy``) until the planner is
 in charge (``plan_start``, ``before_reward``); from then on it is the action of the planner
@@ -24,10 +25,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dicp_jax import config as cfglib
-from dicp_jax import planning
+from dicp_jax import methods, planning
 from dicp_jax.config import ConfigError
-from dicp_jax.model import action_token, state_token, token_pos
-from dicp_jax.planning import PlanConfig, Situation, WorldModel
+from dicp_jax.methods.base import Agent, Step, TaskInfo, Transition
+from dicp_jax.planning import PlanConfig, Situation
 from dicp_jax.planning.lookups import (
     Context,
     Lookups,
@@ -58,6 +59,9 @@ class EvalConfig:
     # has arrived at take the reward observed there.
     reward_memory: bool = False
     trajectories: bool = False  # also return per-step observations, actions and rewards
+    # The return an agent asks for (IDT's initial return-to-go); None: the family's oracle
+    # optimal return where it has one (the paper's code), else 0.
+    target_return: float | None = None
 
     def __post_init__(self) -> None:
         if type(self.plan) is PlanConfig and self.planner in planning.names():
@@ -101,20 +105,19 @@ def config_from_dict(data: Mapping[str, Any]) -> EvalConfig:
 
 class Rollout(NamedTuple):
     returns: jax.Array  # float32 [E]: return of each meta-test episode
+    # bool [E]: the episode succeeded at some step (envs that report ``info["success"]``)
+    success: jax.Array | None = None
     obs: jax.Array | None = None  # [E * H, obs_dim]
-    action: jax.Array | None = None  # [E * H]
+    action: jax.Array | None = None  # [E * H] (or [E * H, action_dim])
     reward: jax.Array | None = None  # [E * H]
 
 
 class Carry(NamedTuple):
     env_state: Any
-    obs: jax.Array
-    prev_reward: jax.Array
-    first: jax.Array
-    step: jax.Array
+    now: Step  # the real step about to be acted on
     last_reward_step: jax.Array  # step of the latest rewarded transition (-n_transit - 1: none)
     context: Context  # the last n_transit + 1 arrivals (kept while look-ups are on)
-    cache: Any
+    agent: Any  # the method's agent state (its real context)
     key: jax.Array
 
 
@@ -123,22 +126,33 @@ def check_env(env: Any, cfg: EvalConfig) -> None:
     check_lookups(env, cfg.lookups)
 
 
-def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
+def target_return(env: Any, params: Any, cfg: EvalConfig) -> jax.Array:
+    """The return an agent is asked for (IDT's initial return-to-go): the setting, else the
+    family's oracle, else 0."""
+    if cfg.target_return is not None:
+        return jnp.float32(cfg.target_return)
+    return (jnp.asarray(env.optimal_return(params), jnp.float32) if env.has_oracle
+            else jnp.float32(0.0))
+
+
+def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
                  n_transit: int) -> Callable[[Any, jax.Array], Rollout]:
-    """One task's meta-test: ``rollout(env_params, key) -> Rollout`` (pure, vmappable)."""
+    """One task's meta-test: ``rollout(env_params, key) -> Rollout`` (pure, vmappable).
+
+    ``agent`` is the method's (``dicp_jax.methods``): it takes in each real step and
+    returns the policy head; the planner searches from its real context with its world
+    model."""
     cfg.validate()
     check_env(env, cfg)
-    plan = planning.get(cfg.planner).make(wm, codec, cfg.plan)
+    plan = planning.get(cfg.planner).make(agent.wm, codec, cfg.plan)
     looks = cfg.lookups
-    length = 2 * n_transit
     plan_start = n_transit if cfg.plan_start is None else cfg.plan_start
     n_steps = cfg.episodes * env.horizon
+    reports_success: list[bool] = []
 
     def act(carry: Carry, key: jax.Array) -> tuple[Carry, jax.Array]:
-        tok = state_token(codec, carry.obs, carry.prev_reward, carry.first, carry.step)
-        heads, entries = wm.decode(tok, (carry.cache,))
-        cache = wm.write(carry.cache, entries, tok, token_pos(tok) % length)
-        logits = heads.action_logits[0]
+        now = carry.now
+        agent_state, logits, real_cache = agent.query(carry.agent, now)
         key_policy, key_plan = jax.random.split(key)
         if cfg.greedy:
             policy_action = codec.action.mode(logits)
@@ -146,52 +160,62 @@ def make_rollout(env: Any, wm: WorldModel, codec: Any, cfg: EvalConfig,
             policy_action = codec.action.sample(key_policy, logits)
         context = carry.context
         if looks.on:
-            context = remember(context, carry.step % (n_transit + 1), carry.obs,
-                               carry.prev_reward, carry.first)
+            context = remember(context, now.step % (n_transit + 1), now.obs, now.prev_reward,
+                               now.first)
         # the context holds steps step - n_transit .. step - 1
-        rewarded = carry.last_reward_step >= carry.step - n_transit
-        now = Situation(cache=cache, action_logits=logits, policy_action=policy_action,
-                        step=carry.step, steps_left=env.horizon - carry.env_state.time,
-                        scorer=make_scorer(looks, context, rewarded))
-        in_charge = carry.step >= plan_start
+        rewarded = carry.last_reward_step >= now.step - n_transit
+        situation = Situation(cache=real_cache, action_logits=logits,
+                              policy_action=policy_action, step=now.step,
+                              steps_left=env.horizon - now.episode_step,
+                              scorer=make_scorer(looks, context, rewarded))
+        in_charge = now.step >= plan_start
         if cfg.before_reward == "policy":
             in_charge &= rewarded
-        action = jnp.where(in_charge, plan(now, key_plan), policy_action)
-        tok = action_token(codec, action, carry.step)
-        _, entries = wm.decode(tok, (cache,))
-        cache = wm.write(cache, entries, tok, token_pos(tok) % length)
-        return carry._replace(cache=cache, context=context), action
+        action = jnp.where(in_charge, plan(situation, key_plan), policy_action)
+        agent_state = agent.commit(agent_state, now, action)
+        return carry._replace(agent=agent_state, context=context), action
 
     def step(carry: Carry, _: None, params: Any):
         key, key_act, key_env = jax.random.split(carry.key, 3)
         carry, action = act(carry._replace(key=key), key_act)
-        obs, env_state, reward, terminated, truncated, _ = env.step(
+        now = carry.now
+        obs, env_state, reward, terminated, truncated, info = env.step(
             key_env, carry.env_state, action, params)
         done = terminated | truncated
-        last_reward_step = jnp.where(reward > 0, carry.step, carry.last_reward_step)
-        new = carry._replace(env_state=env_state, obs=obs, prev_reward=reward.astype(jnp.float32),
-                             first=done, step=carry.step + 1, last_reward_step=last_reward_step)
-        return new, (carry.obs, action, reward)
+        reward = reward.astype(jnp.float32)
+        last = Transition(now.obs, action, reward, info["final_observation"], done)
+        last_reward_step = jnp.where(reward > 0, now.step, carry.last_reward_step)
+        nxt = Step(obs=obs, prev_reward=reward, first=done, step=now.step + 1,
+                   episode_step=jnp.where(done, 0, now.episode_step + 1), last=last)
+        reports_success.append("success" in info)  # static: known while tracing
+        success = info.get("success", jnp.float32(0.0)) > 0
+        return (carry._replace(env_state=env_state, now=nxt, last_reward_step=last_reward_step),
+                (now.obs, action, reward, success))
 
     def rollout(params: Any, key: jax.Array) -> Rollout:
         key_reset, key = jax.random.split(key)
         obs, env_state = env.reset(key_reset, params)
-        carry = Carry(env_state, obs, jnp.float32(0.0), jnp.array(True), jnp.int32(0),
-                      jnp.int32(-n_transit - 1),
+        blank = Transition(obs, jnp.zeros(codec.action.shape, codec.action.dtype),
+                           jnp.float32(0.0), obs, jnp.array(False))
+        now = Step(obs=obs, prev_reward=jnp.float32(0.0), first=jnp.array(True),
+                   step=jnp.int32(0), episode_step=jnp.int32(0), last=blank)
+        carry = Carry(env_state, now, jnp.int32(-n_transit - 1),
                       empty_context(n_transit + 1, codec.obs.dim, codec.obs.dtype),
-                      wm.init_cache(length), key)
-        _, (obs_seq, actions, rewards) = jax.lax.scan(
+                      agent.init(TaskInfo(target_return(env, params, cfg))), key)
+        _, (obs_seq, actions, rewards, success) = jax.lax.scan(
             lambda c, x: step(c, x, params), carry, None, length=n_steps)
         # Episodes end only at the horizon, so they tile the step axis exactly.
         returns = rewards.reshape(cfg.episodes, env.horizon).sum(-1)
+        episode_success = (success.reshape(cfg.episodes, env.horizon).any(-1)
+                           if reports_success[-1] else None)
         if cfg.trajectories:
-            return Rollout(returns, obs_seq, actions, rewards)
-        return Rollout(returns)
+            return Rollout(returns, episode_success, obs_seq, actions, rewards)
+        return Rollout(returns, episode_success)
 
     return rollout
 
 
-def make_evaluate(env: Any, wm_factory: Callable[[Any], WorldModel], codec: Any,
+def make_evaluate(env: Any, agent_factory: Callable[[Any], Agent], codec: Any,
                   cfg: EvalConfig, n_transit: int,
                   devices: list | None = None) -> Callable[[Any, Any, jax.Array], Rollout]:
     """``evaluate(model_params, tasks, keys) -> Rollout`` with a leading task axis.
@@ -206,7 +230,7 @@ def make_evaluate(env: Any, wm_factory: Callable[[Any], WorldModel], codec: Any,
     mesh = Mesh(np.asarray(jax.devices() if devices is None else devices), ("tasks",))
 
     def per_device(model_params: Any, tasks: Any, keys: jax.Array) -> Rollout:
-        rollout = make_rollout(env, wm_factory(model_params), codec, cfg, n_transit)
+        rollout = make_rollout(env, agent_factory(model_params), codec, cfg, n_transit)
         return jax.vmap(rollout)(tasks, keys)
 
     return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("tasks"), P("tasks")),
@@ -220,11 +244,12 @@ def evaluate_run(trained: Any, task_index: Any, cfg: EvalConfig, seed: int = 0,
 
     env, _ = dicp_envs.make(trained.env_name)
     task_index = np.asarray(task_index, np.int64)
-    factory = ((lambda p: planning.cached(trained.model, p)) if cached_model else
-               (lambda p: planning.uncached(trained.model, p)))
+    method = methods.get(trained.train_cfg.method)
+    n_transit = trained.model_cfg.n_transit
+    options = {} if cached_model else {"cached": False}  # the AD cost-model comparison
+    factory = lambda p: method.make_agent(trained.model, p, trained.codec, n_transit, **options)
     devices = jax.devices()
-    evaluate = make_evaluate(env, factory, trained.codec, cfg, trained.model_cfg.n_transit,
-                             devices)
+    evaluate = make_evaluate(env, factory, trained.codec, cfg, n_transit, devices)
     # restored params sit on one device: replicate them over the task mesh
     mesh = Mesh(np.asarray(devices), ("tasks",))
     params = jax.device_put(trained.params, NamedSharding(mesh, P()))

@@ -1,8 +1,8 @@
-"""The import graph flows one way: envs -> sources -> data -> models -> planning -> training
-and evaluation -> experiment/CLI. A module may import its own layer, lower layers and the
-shared utilities, never a higher layer (checked on every import, function-level included),
-so each concept keeps one room and a new env, source, method or planner cannot pull the
-rest of the library in behind it."""
+"""The import graph flows one way: envs -> sources -> data -> models -> planning -> methods
+-> training and evaluation -> experiment/CLI. A module may import its own layer, lower
+layers and the shared utilities, never a higher layer (checked on every import,
+function-level included), so each concept keeps one room and a new env, source, method or
+planner cannot pull the rest of the library in behind it."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ LAYERS = [
     ("envs", ("dicp_envs",)),
     ("sources", ("dicp_jax.sources",)),
     ("data", ("dicp_jax.history", "dicp_jax.data", "dicp_jax.collect")),
-    ("models", ("dicp_jax.codecs", "dicp_jax.model", "dicp_jax.methods")),
+    ("models", ("dicp_jax.codecs", "dicp_jax.model")),
     ("planning", ("dicp_jax.planning",)),
+    ("methods", ("dicp_jax.methods",)),
     ("training", ("dicp_jax.validate", "dicp_jax.checkpoint", "dicp_jax.train")),
     ("evaluate", ("dicp_jax.evaluate",)),
     ("experiment", ("dicp_jax.stages", "dicp_jax.results", "dicp_jax.experiment",

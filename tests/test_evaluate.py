@@ -14,6 +14,7 @@ import numpy as np
 import dicp_envs
 from dicp_jax import codecs
 from dicp_jax.evaluate import EvalConfig, make_evaluate
+from dicp_jax.methods.ad import agent_from
 from dicp_jax.model import DICPTransformer, ModelConfig, init_params
 from dicp_jax.planning import PlanConfig
 from dicp_jax.planning.beam import BeamConfig
@@ -24,7 +25,7 @@ MCFG = ModelConfig(n_transit=8, width=16, n_layers=2, n_heads=2, mlp=32)
 
 
 def _parts(env, planner: str, episodes: int, traces: list | None = None):
-    """(env, world-model factory, codec, EvalConfig, n_transit) of the tiny test model."""
+    """(env, agent factory, codec, EvalConfig, n_transit) of the tiny test model."""
     codec = codecs.for_env(env)
     model = DICPTransformer(MCFG, codec)
     plan = BeamConfig(beam_size=3, depth=2, greedy=False) if planner == "beam" else PlanConfig()
@@ -34,7 +35,7 @@ def _parts(env, planner: str, episodes: int, traces: list | None = None):
     def factory(p):
         if traces is not None:
             traces.append(1)  # runs once per trace, i.e. once per compile
-        return cached(model, p)
+        return agent_from(cached(model, p), codec, MCFG.n_transit)
 
     return env, factory, codec, cfg, MCFG.n_transit
 
@@ -97,10 +98,10 @@ def test_tasks_sharded_over_four_devices_give_the_same_rollouts():
         # evaluate_run: params restored onto one device, 7 tasks padded to 8
         from dicp_jax.evaluate import evaluate_run
         from dicp_jax.model import DICPTransformer
-        from dicp_jax.train import TrainedModel
+        from dicp_jax.train import TrainConfig, TrainedModel
         _, _, codec, cfg, _ = te._parts(env, "beam", 2)
         trained = TrainedModel(DICPTransformer(te.MCFG, codec),
-                               jax.device_put(params, jax.devices()[0]), te.MCFG, None,
+                               jax.device_put(params, jax.devices()[0]), te.MCFG, TrainConfig(),
                                "darkroom", codec)
         c = evaluate_run(trained, idx[:7], cfg, seed=5)
         np.testing.assert_array_equal(c.action, np.asarray(b.action)[:7])

@@ -14,6 +14,7 @@ import dicp_envs
 from dicp_jax import codecs, planning, stages
 from dicp_jax.config import ConfigError
 from dicp_jax.evaluate import EvalConfig, make_evaluate, make_rollout
+from dicp_jax.methods.ad import agent_from
 from dicp_jax.model import DICPTransformer, ModelConfig, init_params, state_token
 from dicp_jax.planning import PlanConfig
 from dicp_jax.planning.beam import BeamConfig, beam_search
@@ -34,7 +35,8 @@ def oracle_returns(env, tasks, plan: BeamConfig, episodes: int = 1, zero_reward=
 
     def run(task, model_task, key):
         wm = oracle(env, model_task, FIXED_PREFERENCE, zero_reward=zero_reward)
-        return make_rollout(env, wm, codec, cfg, n_transit=4 * env.horizon)(task, key)
+        return make_rollout(env, agent_from(wm, codec, 4 * env.horizon), codec, cfg,
+                            n_transit=4 * env.horizon)(task, key)
 
     n = jax.tree.leaves(tasks)[0].shape[0]
     keys = jax.random.split(jax.random.PRNGKey(0), n)
@@ -101,7 +103,8 @@ def test_cached_and_uncached_planning_choose_the_same_actions(before_reward, mem
                      plan=BeamConfig(beam_size=4, depth=3, greedy=False))
     task = jax.tree.map(lambda x: x[0], env.params_for(np.array([[6, 3]])))
     key = jax.random.PRNGKey(7)
-    runs = [jax.jit(make_rollout(env, wm, codec, cfg, mcfg.n_transit))(task, key)
+    runs = [jax.jit(make_rollout(env, agent_from(wm, codec, mcfg.n_transit), codec, cfg,
+                                 mcfg.n_transit))(task, key)
             for wm in (cached(model, params), uncached(model, params))]
     np.testing.assert_array_equal(np.asarray(runs[0].action), np.asarray(runs[1].action))
     np.testing.assert_array_equal(np.asarray(runs[0].obs), np.asarray(runs[1].obs))
@@ -170,7 +173,8 @@ def test_reward_memory_is_refused_where_the_observation_hides_state():
     task = jax.tree.map(lambda x: x[0], env.params_for(np.asarray(env.task_list()[:1])))
     cfg = EvalConfig(reward_memory=True)
     with pytest.raises(ConfigError, match="reward_memory"):
-        make_rollout(env, oracle(env, task, FIXED_PREFERENCE), codec, cfg, n_transit=8)
+        make_rollout(env, agent_from(oracle(env, task, FIXED_PREFERENCE), codec, 8), codec, cfg,
+                     n_transit=8)
 
 
 @pytest.fixture
@@ -205,7 +209,8 @@ def test_a_planner_registered_from_test_code_runs_in_the_meta_test(constant_plan
     codec = codecs.for_env(env)
     mcfg = ModelConfig(n_transit=8, width=16, n_layers=2, n_heads=2, mlp=32)
     model = DICPTransformer(mcfg, codec)
-    evaluate = make_evaluate(env, lambda p: cached(model, p), codec, cfg, mcfg.n_transit)
+    agent = lambda p: agent_from(cached(model, p), codec, mcfg.n_transit)
+    evaluate = make_evaluate(env, agent, codec, cfg, mcfg.n_transit)
     idx = np.array([0, 40])
     out = evaluate(init_params(model, jax.random.PRNGKey(0)),
                    env.params_for(np.asarray(env.task_list())[idx]),

@@ -8,21 +8,74 @@ A method is a module with
   training sequence of ``n`` transitions cut from the on-device histories (``data``);
 - ``loss(model, params, tokens, targets, key, lam, deterministic, weight, cf_weight)``:
   its per-batch loss and metrics (imitation + ``lam`` x dynamics);
+- ``stats(model, params, tokens, targets) -> {name: per-position sums}``: held-out
+  validation counts (``dicp_jax.validate`` sums them over fixed windows);
+- ``make_agent(model, params, codec, n_transit) -> Agent``: how it acts at meta-test,
+  including the world model its planners imagine with;
 
-so that training and validation are method-agnostic. Meta-test agents read the model's
-policy and dynamics heads through the codec; a method with another token layout brings
-its own agent too. A new method is a new module plus a registry line.
+so that training, validation, the meta-test and checkpoints are method-agnostic. A new
+method is a new module plus a registry line.
+
+An ``Agent`` is three pure functions over a fixed-size state (the rollout scans them, one
+task per vmapped lane, so buffers have static shapes and no Python runs per step):
+
+    init(task: TaskInfo)            -> state
+    query(state, now: Step)         -> (state, action_logits, real_cache)
+    commit(state, now: Step, action) -> state
+
+``query`` takes in the real step (the current observation and the transition that led to
+it) and returns the policy head there plus what a planner searches from (``real_cache``,
+read only through the agent's ``wm``); ``commit`` records the action actually taken.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any, NamedTuple
+
+import jax
 
 from dicp_jax.config import Registry
+from dicp_jax.planning.world_model import WorldModel
 
-REQUIRED = ("NAME", "make_model", "window", "loss")
+REQUIRED = ("NAME", "make_model", "window", "loss", "make_agent")
 METHODS = Registry("method")
 get, names, unregister = METHODS.get, METHODS.names, METHODS.unregister
+
+
+class Transition(NamedTuple):
+    """The real transition that led to the current step (meaningless at step 0)."""
+
+    obs: jax.Array  # [obs_dim]
+    action: jax.Array  # [] or [action_dim]
+    reward: jax.Array  # float32 []
+    next_obs: jax.Array  # [obs_dim]: the true s' (the terminal observation at an episode end)
+    done: jax.Array  # bool []: the episode ended with it
+
+
+class Step(NamedTuple):
+    """What one real step of one task offers an agent."""
+
+    obs: jax.Array  # [obs_dim]: the current observation (a reset one at an episode start)
+    prev_reward: jax.Array  # float32 []: reward of the previous step (0 at step 0)
+    first: jax.Array  # bool []: ``obs`` starts an episode
+    step: jax.Array  # int32 []: absolute step of the meta-test (0, 1, ...)
+    episode_step: jax.Array  # int32 []: step within the episode (0 at ``first``)
+    last: Transition  # the transition that led here (valid iff step > 0)
+
+
+class TaskInfo(NamedTuple):
+    """Per-task facts an agent may condition on (one vmapped lane)."""
+
+    target_return: jax.Array  # float32 []: return to ask for (the family's oracle if any)
+
+
+class Agent(NamedTuple):
+    wm: WorldModel  # what planners imagine with (its ``decode`` reads ``real_cache``)
+    init: Callable[[TaskInfo], Any]
+    query: Callable[[Any, Step], tuple[Any, jax.Array, Any]]
+    commit: Callable[[Any, Step, jax.Array], Any]
 
 
 def register(method: ModuleType) -> ModuleType:
@@ -30,3 +83,6 @@ def register(method: ModuleType) -> ModuleType:
     if missing:
         raise TypeError(f"method {getattr(method, 'NAME', method)} lacks {missing}")
     return METHODS.register(method.NAME, method)
+
+
+__all__ = ["Agent", "Step", "TaskInfo", "Transition", "get", "names", "register", "unregister"]
