@@ -32,6 +32,8 @@ class TrainData(NamedTuple):  # [N, S, T, ...] with N padded to a multiple of th
     cf_action: jax.Array | None = None  # [N, S, T] int8
     cf_reward: jax.Array | None = None  # [N, S, T]
     cf_next_obs: jax.Array | None = None  # [N, S, T, obs_dim]
+    # Optional (a method's ``prepare_data``): the family oracle's action at every step (DPT).
+    label: jax.Array | None = None  # [N, S, T] int8
 
 
 class Targets(NamedTuple):  # per transition [..., n]
@@ -103,12 +105,14 @@ def _counterfactual_fn(env_name: str):
     return jax.jit(jax.vmap(task))
 
 
-def prepare(history, n_shards: int = 1, imitate=None, cf=None) -> TrainData:
+def prepare(history, n_shards: int = 1, imitate=None, cf=None,
+            adapt: Callable[[TrainData], TrainData] | None = None) -> TrainData:
     """History (numpy) -> TrainData (numpy), task axis zero-padded to a multiple of n_shards.
 
     ``imitate`` [N] (default all 1) weighs each task's imitation targets; a task with 0 only
-    teaches the dynamics heads. ``cf`` adds ``counterfactuals``. Padded tasks are never
-    sampled (the sampler draws task < n_real)."""
+    teaches the dynamics heads. ``cf`` adds ``counterfactuals``. ``adapt`` is the method's
+    own preparation of the real tasks' data (``prepare_data``: labels, reordering), applied
+    before padding. Padded tasks are never sampled (the sampler draws task < n_real)."""
     done = np.asarray(history.done).astype(bool)
     n_tasks = done.shape[0]
     imitate = np.ones(n_tasks, np.float32) if imitate is None else np.asarray(imitate, np.float32)
@@ -118,6 +122,8 @@ def prepare(history, n_shards: int = 1, imitate=None, cf=None) -> TrainData:
                        np.asarray(history.reward), np.asarray(history.next_obs),
                        done.astype(np.int8), return_to_go(history.reward, done), imitate,
                        *(cf or ()))
+    if adapt is not None:
+        arrays = adapt(arrays)
     pad = (-arrays.obs.shape[0]) % n_shards
     if pad:
         arrays = jax.tree.map(

@@ -26,9 +26,9 @@ from dicp_jax import checkpoint as ckpt
 from dicp_jax import codecs, methods
 from dicp_jax import config as cfglib
 from dicp_jax.data import counterfactuals, gather_windows, prepare, sample_indices, to_device
-from dicp_jax.model import ModelConfig, init_params
+from dicp_jax.model import ModelConfig
 from dicp_jax.reporting import Event, Reporter, append_metrics, plot_metrics, silent
-from dicp_jax.validate import Validator
+from dicp_jax.validate import MethodValidator, Validator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,11 +203,12 @@ def init_state(model_cfg: ModelConfig, codec, cfg: TrainConfig, mesh: Mesh | Non
 
 @functools.lru_cache(maxsize=8)
 def _state_fn(model_cfg: ModelConfig, codec, cfg: TrainConfig):
-    model, tx = methods.get(cfg.method).make_model(model_cfg, codec), make_optimizer(cfg)
+    method = methods.get(cfg.method)
+    model, tx = method.make_model(model_cfg, codec), make_optimizer(cfg)
 
     @jax.jit
     def make(key):
-        params = init_params(model, jax.random.fold_in(key, 1))
+        params = method.init_params(model, jax.random.fold_in(key, 1))
         return {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0),
                 "rng": jax.random.fold_in(key, 2)}
 
@@ -266,6 +267,7 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     model_cfg = model_cfg or default_model_config(env_name)
     train_cfg.validate()
     model_cfg.validate()
+    methods.get(train_cfg.method).check_config(train_cfg, model_cfg)
     run_dir = Path(run_dir)
     if (run_dir / "config.json").exists():
         saved = ckpt.read_config(run_dir)
@@ -308,28 +310,45 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     # validation reports them for every run that can have them
     if "test" in split and dicp_envs.make(env_name)[0].observation_is_state:
         test_cf = counterfactuals(env_name, test_h, split["test"], train_cfg.seed + 1)
-    data = to_device(prepare(train_h, mesh.size, split.get("imitate"), train_cf), mesh)
-    shape = (train_h.action.shape[0],) + tuple(train_h.action.shape[1:])
     method = methods.get(train_cfg.method)
+    train_idx = _train_task_index(split, train_h, required=False)
+    data = to_device(prepare(train_h, mesh.size, split.get("imitate"), train_cf,
+                             adapt=_adapter(method, env, train_idx)), mesh)
+    shape = (train_h.action.shape[0],) + tuple(train_h.action.shape[1:])
     model = method.make_model(model_cfg, codec)
     state = init_state(model_cfg, codec, train_cfg, mesh)
     mngr = ckpt.manager(run_dir, train_cfg.keep_checkpoints)
     if resume:
         state = ckpt.restore(mngr, state) or state
-    validator = Validator(model, method.window, prepare(test_h, cf=test_cf),
-                          train_cfg.eval_windows, train_cfg.seed, mesh=mesh)
+    test_data = prepare(test_h, cf=test_cf, adapt=_adapter(method, env, split.get("test")))
+    if method.NAME == "ad":
+        validator = Validator(model, method.window, test_data, train_cfg.eval_windows,
+                              train_cfg.seed, mesh=mesh)
+    else:
+        validator = MethodValidator(model, method, test_data, train_cfg.eval_windows,
+                                    train_cfg.seed, mesh=mesh)
     call = make_train_call(model_cfg, codec, train_cfg, mesh, shape)
     val = _loop(state, data, call, validator, mngr, train_cfg, run_dir, report)
     plot_metrics(run_dir)
     return val
 
 
-def _train_task_index(split: dict, train_h) -> list[int]:
+def _adapter(method, env, task_index):
+    """The method's preparation of a split's data (``prepare_data``), given its tasks'
+    params (None when the histories came without their task indices)."""
+    tasks = (None if task_index is None
+             else env.params_for(np.asarray(env.task_list())[np.asarray(task_index)]))
+    return lambda data: method.prepare_data(data, env, tasks)
+
+
+def _train_task_index(split: dict, train_h, required: bool = True) -> list[int] | None:
     """Global task index of every train history (kept tasks, then dropped ones)."""
     idx = list(split.get("train", []))
     if len(idx) < train_h.action.shape[0]:
         idx += list(split.get("dropped_train", []))
     if len(idx) != train_h.action.shape[0]:
+        if not required:
+            return None
         raise cfglib.ConfigError("counterfactual targets need the task index of every train "
                                  "history (split['train'], then split['dropped_train'])")
     return idx

@@ -10,8 +10,10 @@ The env object provides (gymnax API plus):
 - ``horizon`` (episode length; episodes end only there), ``obs_dim``, ``num_actions``;
 - ``task_list()``: every task in a fixed enumeration order (a task's *index* is its
   position there: RNG keys and splits are functions of it), ``params_for(tasks [N, k])``;
-- optional oracles, present iff ``has_oracle``: ``optimal_return(params)`` and
-  ``optimal_action(state, params)`` (jittable; result tables and DPT-style labels);
+- optional oracles, present iff ``has_oracle``: ``optimal_return(params)``,
+  ``optimal_action(state, params)`` and ``recorded_optimal_actions(obs, reward, done,
+  params)``, the oracle's action at each step of a recorded stream (jittable; result
+  tables, DPT's labels, IDT's target return);
 - ``state_from_obs(obs)`` iff ``observation_is_state``.
 
 Declared capabilities (class attributes, see ``TaskEnv``):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 from gymnax.environments import environment, spaces
@@ -132,6 +133,28 @@ class GridEnv(TaskEnv, environment.Environment):
     def optimal_action(self, state, params) -> chex.Array:
         """An action on an optimal path from ``state`` (jittable, vmappable)."""
         raise NotImplementedError
+
+    def recorded_state(self, obs: chex.Array, rewards_before: chex.Array):
+        """The env state behind a recorded observation, given the rewards already collected
+        in its episode (the position is the state unless an env needs more)."""
+        return self.state_from_obs(obs)
+
+    def state_from_obs(self, obs: chex.Array):
+        raise NotImplementedError
+
+    def recorded_optimal_actions(self, obs: chex.Array, reward: chex.Array, done: chex.Array,
+                                 params) -> chex.Array:
+        """The oracle's action at every recorded step of one stream (DPT's labels):
+        ``obs [T, 2]``, ``reward [T]``, ``done [T]`` -> int32 ``[T]``. Each step's state is
+        rebuilt from its observation and the rewards collected earlier in the same episode
+        (Key-to-Door's key), as the paper's annotator does after collection."""
+        chex.assert_rank(obs, 2)
+        hit = (jnp.asarray(reward) > 0).astype(jnp.int32)  # [T]
+        before = jnp.cumsum(hit) - hit  # rewards strictly before t in the stream
+        starts = jnp.concatenate([jnp.ones((1,), bool), jnp.asarray(done, bool)[:-1]])
+        base = jax.lax.cummax(jnp.where(starts, before, 0))  # ... before t's episode began
+        states = jax.vmap(self.recorded_state)(jnp.asarray(obs, jnp.int32), before - base)
+        return jax.vmap(self.optimal_action, (0, None))(states, params).astype(jnp.int32)
 
 
 def cells(grid_size: int) -> list[tuple[int, int]]:

@@ -91,6 +91,13 @@ class DarkKeyToDoor(GridEnv):
         return ((t_key <= self.horizon).astype(jnp.float32)
                 + (t_door <= self.horizon).astype(jnp.float32))
 
+    def recorded_state(self, obs: chex.Array, rewards_before: chex.Array) -> EnvState:
+        """The key is held once the episode has paid a reward (only the key pays first).
+        The door counts as never opened, so a label stays goal-directed after it, as the
+        paper's annotator does."""
+        return EnvState(pos=jnp.asarray(obs, jnp.int32), time=jnp.int32(0),
+                        has_key=rewards_before >= 1, opened=jnp.array(False))
+
     def optimal_action(self, state: EnvState, params: EnvParams) -> chex.Array:
         target = jnp.where(state.has_key, params.door, params.key)
         act = toward(state.pos, target)

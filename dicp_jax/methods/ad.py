@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dicp_jax import model as backbone
 from dicp_jax.data import Targets, TrainData
 from dicp_jax.methods.base import Agent, Step, TaskInfo
 from dicp_jax.model import (
@@ -34,6 +35,10 @@ NAME = "ad"
 
 def make_model(model_cfg, codec) -> DICPTransformer:
     return DICPTransformer(model_cfg, codec)
+
+
+def init_params(model: DICPTransformer, key: jax.Array):
+    return backbone.init_params(model, key)
 
 
 def window(data: TrainData, task, stream, offset, n: int) -> tuple[Tokens, Targets]:
@@ -59,6 +64,15 @@ def window(data: TrainData, task, stream, offset, n: int) -> tuple[Tokens, Targe
                                    cf_reward=sl(data.cf_reward).astype(jnp.float32),
                                    cf_next_obs=token_dtype(sl(data.cf_next_obs)))
     return tokens, targets
+
+
+def check_config(train_cfg, model_cfg) -> None:
+    """Every training option applies to AD's layout."""
+
+
+def prepare_data(data: TrainData, env, tasks) -> TrainData:
+    """AD imitates the recorded actions as they are: nothing to add."""
+    return data
 
 
 def loss(model, params, tokens, targets, key, lam: float, deterministic: bool = False,

@@ -3,7 +3,12 @@
 A method is a module with
 
 - ``NAME``: its registry name (recorded with the run, via ``TrainConfig.method``);
-- ``make_model(model_cfg, codec)``: the Flax model it trains (sharing the backbone code);
+- ``make_model(model_cfg, codec)``: the Flax model it trains (sharing the backbone code),
+  ``init_params(model, key)`` its parameters, ``check_config(train_cfg, model_cfg)`` refuses
+  training options its layout cannot take (a ``ConfigError``);
+- ``prepare_data(data, env, tasks) -> TrainData``: its own additions to a split's histories,
+  once on the host (DPT's oracle labels, IDT's episode order); ``tasks`` are the histories'
+  batched env params (None if unknown);
 - ``window(data, task, stream, offset, n) -> (tokens, Targets)``: its batch layout, one
   training sequence of ``n`` transitions cut from the on-device histories (``data``);
 - ``loss(model, params, tokens, targets, key, lam, deterministic, weight, cf_weight)``:
@@ -39,7 +44,8 @@ import jax
 from dicp_jax.config import Registry
 from dicp_jax.planning.world_model import WorldModel
 
-REQUIRED = ("NAME", "make_model", "window", "loss", "make_agent")
+REQUIRED = ("NAME", "make_model", "init_params", "check_config", "prepare_data", "window",
+            "loss", "make_agent")
 METHODS = Registry("method")
 get, names, unregister = METHODS.get, METHODS.names, METHODS.unregister
 
@@ -69,6 +75,9 @@ class TaskInfo(NamedTuple):
     """Per-task facts an agent may condition on (one vmapped lane)."""
 
     target_return: jax.Array  # float32 []: return to ask for (the family's oracle if any)
+    # The task's own randomness for an agent that samples inside ``query`` (IDT's decisions),
+    # independent of the rollout's action and env keys; None where a caller gives none.
+    key: jax.Array | None = None
 
 
 class Agent(NamedTuple):

@@ -235,7 +235,7 @@ def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
 # -- advantage and loss ----------------------------------------------------------------------
 class Batch(NamedTuple):
     obs: Array  # [B, obs_dim]
-    action: Array  # [B] int32
+    action: Array  # [B] int32 (discrete) or [B, action_dim] float32 (Gaussian)
     logp: Array  # [B] behaviour log-prob
     adv: Array  # [B] GAE advantage
     ret: Array  # [B] value target = adv + V_old
@@ -257,26 +257,35 @@ def gae(reward: Array, val: Array, done: Array, last_val: Array, cfg: PPOConfig)
     return adv, adv + val
 
 
-def ppo_loss(params: Params, mb: Batch, cfg: PPOConfig) -> Array:
-    logits = policy_logits(params, mb.obs)
-    logp_all = jax.nn.log_softmax(logits)
-    logp = jnp.take_along_axis(logp_all, mb.action[:, None], axis=-1)[:, 0]
+def clipped_surrogate(logp: Array, val: Array, mb: Batch, cfg: Any) -> Array:
+    """SB3's PPO loss without the entropy term, from the new policy's ``logp [B]`` of the
+    batch actions and the new ``V(obs) [B]``: any policy family shares it (``cfg`` is any
+    config with PPO's fields)."""
     adv = mb.adv
     if cfg.normalize_advantage and cfg.minibatch_size > 1:
         adv = (adv - adv.mean()) / (jnp.std(adv, ddof=1) + 1e-8)
     ratio = jnp.exp(logp - mb.logp)
     clipped = jnp.clip(ratio, 1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps)
     pg_loss = -jnp.minimum(adv * ratio, adv * clipped).mean()
-    v_loss = jnp.mean((mb.ret - value(params, mb.obs)) ** 2)
-    loss = pg_loss + cfg.vf_coef * v_loss
+    v_loss = jnp.mean((mb.ret - val) ** 2)
+    return pg_loss + cfg.vf_coef * v_loss
+
+
+def ppo_loss(params: Params, mb: Batch, cfg: PPOConfig) -> Array:
+    logits = policy_logits(params, mb.obs)
+    logp_all = jax.nn.log_softmax(logits)
+    logp = jnp.take_along_axis(logp_all, mb.action[:, None], axis=-1)[:, 0]
+    loss = clipped_surrogate(logp, value(params, mb.obs), mb, cfg)
     if cfg.ent_coef:
         entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
         loss = loss - cfg.ent_coef * entropy
     return loss
 
 
-def update(params: Params, opt_state: Any, batch: Batch, key: Array, cfg: PPOConfig):
-    """``n_epochs`` shuffled passes of minibatch SGD over one rollout (one flat scan)."""
+def update(params: Params, opt_state: Any, batch: Batch, key: Array, cfg: PPOConfig,
+           loss_fn: Callable[[Params, Batch, Any], Array] = ppo_loss):
+    """``n_epochs`` shuffled passes of minibatch SGD on ``loss_fn`` over one rollout (one
+    flat scan); another policy family passes its own loss."""
     opt = make_optimizer(cfg)
     perms = jax.vmap(lambda k: jax.random.permutation(k, cfg.batch_size))(
         jax.random.split(key, cfg.n_epochs))  # [E, B]
@@ -285,7 +294,7 @@ def update(params: Params, opt_state: Any, batch: Batch, key: Array, cfg: PPOCon
     def step(carry, mb_idx):
         params, opt_state = carry
         mb = jax.tree.map(lambda x: x[mb_idx], batch)
-        grads = jax.grad(ppo_loss)(params, mb, cfg)
+        grads = jax.grad(loss_fn)(params, mb, cfg)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), None
 
