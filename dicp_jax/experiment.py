@@ -33,20 +33,33 @@ SOURCE_LABEL = "PPO"  # the row of the source learner's own episodes, always rep
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One row of the results table: the split's checkpoint of ``method`` meta-tested with
-    ``planner`` under ``settings`` (EvalConfig / PlanConfig overrides). ``paper`` says the
-    row's method and planner settings are the paper's; ``notes`` say what else the table's
-    reader needs (e.g. an experiment-specific setting)."""
+    """One row of the results table: the split's checkpoint of ``method`` (trained with the
+    experiment's train overrides plus the row's ``train``) meta-tested with ``planner``
+    under ``settings`` (EvalConfig / PlanConfig overrides). Rows with the same method and
+    train settings share one checkpoint (e.g. AD and DICP of the same model). ``paper`` says
+    the row's method and planner settings are the paper's; ``notes`` say what else the
+    table's reader needs (e.g. an experiment-specific setting)."""
 
     label: str
     planner: str
     method: str = "ad"
     paper: bool = False
     settings: dict = dataclasses.field(default_factory=dict)
+    train: dict = dataclasses.field(default_factory=dict)  # TrainConfig overrides of the row
     notes: str = ""
 
     def __hash__(self) -> int:  # dict field: hash by label (rows are compared by value)
         return hash(self.label)
+
+    @property
+    def checkpoint(self) -> str:
+        """The name of the row's checkpoint within a split: rows naming the same one share
+        it. The experiment's own (AD, no row overrides) keeps the plain split directory."""
+        if self.method == "ad" and not self.train:
+            return ""
+        tag = json.dumps(self.train, sort_keys=True)
+        return self.method + (f"-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
+                              if self.train else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +77,9 @@ class Experiment:
     test_tasks: int | None = None  # meta-test the first N of a split's test tasks (None: all)
     eval_seed: int = 0
     reference: dict = dataclasses.field(default_factory=dict)  # figures read off the paper
+    # Another experiment whose dataset this one reads (same env and collection settings), so
+    # extra rows need no second collection; None: its own.
+    dataset: str | None = None
 
     def __hash__(self) -> int:  # dict fields: hash by name (configs are compared by value)
         return hash(self.name)
@@ -94,6 +110,7 @@ def parse_rows(rows: Any) -> tuple[Row, ...]:
         checks = (("label", str, "a name"), ("planner", str, "a planner name"),
                   ("method", str, "a method name"), ("paper", bool, "true or false"),
                   ("settings", dict, "an object of eval/plan overrides"),
+                  ("train", dict, "an object of TrainConfig overrides"),
                   ("notes", str, "a string"))
         for key, typ, what in checks:
             if key in row and not isinstance(row[key], typ):
@@ -152,6 +169,12 @@ def load_experiment(name_or_path: str) -> Experiment:
         if k in data and f.type in (dict, "dict") and not isinstance(data[k], dict):
             raise cfglib.ConfigError(f"{path}: {k} must be an object of overrides, got "
                                      f"{data[k]!r}")
+    if data.get("dataset") is not None:
+        other = EXPERIMENTS / f"{data['dataset']}.json"
+        if not isinstance(data["dataset"], str) or not other.exists():
+            known = sorted(p.stem for p in EXPERIMENTS.glob("*.json"))
+            raise cfglib.ConfigError(f"{path}: dataset names the experiment whose dataset "
+                                     f"to read; got {data['dataset']!r}, known: {known}")
     for k in ("env", "preset"):
         if k in data and not isinstance(data[k], str):
             raise cfglib.ConfigError(f"{path}: {k} must be a name, got {data[k]!r}")
@@ -217,9 +240,22 @@ def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, 
                                   exp.preset, exp.train, exp.model, exp.codec)
     if splits_seed is not None:
         train = dataclasses.replace(train, split_seed=splits_seed)
+    trains = {}  # each row checkpoint's TrainConfig, by ``Row.checkpoint``
+    for row in exp.rows:
+        overrides = {"method": row.method, **row.train}
+        cfg = section(f"row {row.label!r} train", lambda: cfglib.replace(train, **overrides))
+        section(f"row {row.label!r} train", _check_method, cfg, model)
+        trains[row.checkpoint] = cfg
     evals = {row.label: section(f"row {row.label!r}", stages.eval_config, exp.env,
                                 row.settings, row.planner) for row in exp.rows}
-    return dict(ppo=ppo, model=model, codec=codec, train=train, eval=evals)
+    return dict(ppo=ppo, model=model, codec=codec, train=train, trains=trains, eval=evals)
+
+
+def _check_method(train: Any, model: Any) -> None:
+    from dicp_jax import methods
+
+    train.validate()
+    methods.get(train.method).check_config(train, model)
 
 
 def row_key(row: Row, eval_cfg: Any, eval_seed: int) -> str:
@@ -301,7 +337,7 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
     from dicp_jax.train import train
 
     out = (out_root or EXPERIMENTS / "results") / exp.name
-    data_dir = out / "data"
+    data_dir = (out.parent / exp.dataset if exp.dataset else out) / "data"
     splits = splits or exp.splits or (dicp_envs.family(exp.env).split_seed,)
     env, _ = dicp_envs.make(exp.env)
 
@@ -330,22 +366,28 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
 
     per_split = []
     for seed in splits:
-        cfgs = stage_configs(exp, splits_seed=seed)
-        run_dir = out / "runs" / f"split{seed}"
-        if force and run_dir.exists():
-            shutil.rmtree(run_dir)
-        if _trained_ok(run_dir, exp.env, cfgs, report):
-            _stage(report, 2, f"split {seed}: reusing the trained model in {run_dir}",
-                   split=seed, run_dir=str(run_dir))
-        else:
-            _stage(report, 2, f"split {seed}: training ({exp.preset} preset) -> {run_dir}",
-                   split=seed, run_dir=str(run_dir))
-            train(exp.env, data_dir, run_dir, cfgs["train"], cfgs["model"],
-                  resume=(run_dir / "config.json").exists(), report=report,
-                  codec_cfg=cfgs["codec"])
-        per_split.append(_evaluate_split(exp, cfgs, seed, run_dir, data_dir, env, force,
-                                         report))
-    return _report(exp, out, per_split, env, splits, cfgs, report)
+        split_cfgs = stage_configs(exp, splits_seed=seed)
+        results: dict[str, np.ndarray] = {}
+        for name, train_cfg in split_cfgs["trains"].items():
+            cfgs = {**split_cfgs, "train": train_cfg}
+            run_dir = out / "runs" / (f"split{seed}" + (f"-{name}" if name else ""))
+            what = f"split {seed}" + (f", {name}" if name else "")
+            if force and run_dir.exists():
+                shutil.rmtree(run_dir)
+            if _trained_ok(run_dir, exp.env, cfgs, report):
+                _stage(report, 2, f"{what}: reusing the trained model in {run_dir}",
+                       split=seed, run_dir=str(run_dir))
+            else:
+                _stage(report, 2, f"{what}: training {train_cfg.method} ({exp.preset} preset)"
+                       f" -> {run_dir}", split=seed, run_dir=str(run_dir))
+                train(exp.env, data_dir, run_dir, train_cfg, cfgs["model"],
+                      resume=(run_dir / "config.json").exists(), report=report,
+                      codec_cfg=cfgs["codec"])
+            rows = tuple(r for r in exp.rows if r.checkpoint == name)
+            results.update(_evaluate_split(exp, cfgs, seed, run_dir, data_dir, env, force,
+                                           report, rows))
+        per_split.append({**results, **{r.label: results[r.label] for r in exp.rows}})
+    return _report(exp, out, per_split, env, splits, split_cfgs, report)
 
 
 def _optimal_returns(env: Any, task_index: np.ndarray) -> np.ndarray | None:
@@ -369,10 +411,11 @@ def _cached_rows(cache: Path, idx: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _evaluate_split(exp: Experiment, cfgs: Mapping[str, Any], seed: int, run_dir: Path,
-                    data_dir: Path, env: Any, force: bool,
-                    report: Reporter) -> dict[str, np.ndarray]:
-    """Every row's returns on the split's test tasks (reusing rows already meta-tested with
-    the same key in ``meta_test.npz``), plus the source PPO's own curve."""
+                    data_dir: Path, env: Any, force: bool, report: Reporter,
+                    rows: tuple[Row, ...]) -> dict[str, np.ndarray]:
+    """The returns of ``rows`` (all of ``run_dir``'s checkpoint) on the split's test tasks
+    (reusing rows already meta-tested with the same key in ``meta_test.npz``), plus the
+    source PPO's own curve."""
     import time
 
     import dicp_envs
@@ -385,7 +428,7 @@ def _evaluate_split(exp: Experiment, cfgs: Mapping[str, Any], seed: int, run_dir
     idx = np.asarray([i for i in dicp_envs.split_indices(exp.env, "test", seed=seed)
                       if int(i) in in_experiment][:exp.test_tasks], np.int64)
     stored = {} if force else _cached_rows(cache, idx)
-    keys = {row.label: row_key(row, cfgs["eval"][row.label], exp.eval_seed) for row in exp.rows}
+    keys = {row.label: row_key(row, cfgs["eval"][row.label], exp.eval_seed) for row in rows}
     reused = [label for label, key in keys.items() if key in stored]
     if reused:
         _stage(report, 3, f"split {seed}: reusing the meta-test results of "
@@ -395,7 +438,7 @@ def _evaluate_split(exp: Experiment, cfgs: Mapping[str, Any], seed: int, run_dir
     if optimal is not None:
         results["optimal"] = optimal
     trained = None
-    for row in exp.rows:
+    for row in rows:
         key = keys[row.label]
         if key not in stored:
             cfg = cfgs["eval"][row.label]
@@ -437,7 +480,8 @@ def result_notes(exp: Experiment, n_tasks: int, splits: Sequence[int], with_opti
     notes = [f"{n_tasks} test tasks pooled over {len(splits)} split(s) (split seeds "
              f"{', '.join(map(str, splits))}){subset}; mean ± standard error over tasks{frac}."]
     for row in exp.rows:
-        settings = ", ".join(f"{k}={v}" for k, v in sorted(row.settings.items()))
+        settings = ", ".join(f"{k}={v}" for k, v in sorted({**row.train,
+                                                              **row.settings}.items()))
         what = PLANNER_NOTES.get(row.planner, f"planner {row.planner}")
         notes.append(f"{row.label}, {'follows the paper' if row.paper else 'beyond the paper'}"
                      f": {what} (method {row.method})"

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     env, _ = dicp_envs.make(exp.env)
     seeds = splits or exp.splits or (dicp_envs.family(exp.env).split_seed,)
     cfgs = stage_configs(exp)
-    messages = stages.train_warnings(cfgs["train"])
+    messages = [m for cfg in cfgs["trains"].values() for m in stages.train_warnings(cfg)]
     for label, cfg in cfgs["eval"].items():
         messages += [f"row {label!r}: {m}"
                      for m in stages.eval_warnings(cfg, env.horizon, cfgs["model"].n_transit)]
@@ -60,10 +60,12 @@ def run(args: argparse.Namespace) -> int:
             "name": exp.name, "env": exp.env, "preset": exp.preset, "splits": list(seeds),
             "n_tasks": len(experiment_tasks(exp)), "test_tasks": exp.test_tasks,
             "eval_seed": exp.eval_seed,
-            "rows": [{k: getattr(r, k) for k in ("label", "method", "planner", "paper")}
-                     for r in exp.rows],
-            **{k: v for k, v in cfgs.items() if k != "train"},
-            "train": {str(s): stage_configs(exp, splits_seed=s)["train"] for s in seeds}})
+            "rows": [{k: getattr(r, k) for k in ("label", "method", "planner", "paper",
+                                                 "checkpoint")} for r in exp.rows],
+            **{k: v for k, v in cfgs.items() if k not in ("train", "trains")},
+            "train": {str(s): {name or "ad": cfg for name, cfg in
+                               stage_configs(exp, splits_seed=s)["trains"].items()}
+                      for s in seeds}})
     try:
         run_experiment(exp, splits=splits, force=args.force,
                        out_root=Path(args.out_root) if args.out_root else None,
