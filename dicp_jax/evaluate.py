@@ -121,6 +121,11 @@ class Carry(NamedTuple):
     key: jax.Array
 
 
+# The agent's key is folded out of the rollout's key, so the action and env streams (and AD's
+# results) are the same as without it.
+AGENT_KEY = 0x1D7
+
+
 def check_env(env: Any, cfg: EvalConfig) -> None:
     """Refuse options the env cannot support (called before any collection or training)."""
     check_lookups(env, cfg.lookups)
@@ -201,7 +206,8 @@ def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
                    step=jnp.int32(0), episode_step=jnp.int32(0), last=blank)
         carry = Carry(env_state, now, jnp.int32(-n_transit - 1),
                       empty_context(n_transit + 1, codec.obs.dim, codec.obs.dtype),
-                      agent.init(TaskInfo(target_return(env, params, cfg))), key)
+                      agent.init(TaskInfo(target_return(env, params, cfg),
+                                          jax.random.fold_in(key, AGENT_KEY))), key)
         _, (obs_seq, actions, rewards, success) = jax.lax.scan(
             lambda c, x: step(c, x, params), carry, None, length=n_steps)
         # Episodes end only at the horizon, so they tile the step axis exactly.

@@ -243,7 +243,8 @@ def stage_configs(exp: Experiment, splits_seed: int | None = None) -> dict[str, 
     trains = {}  # each row checkpoint's TrainConfig, by ``Row.checkpoint``
     for row in exp.rows:
         overrides = {"method": row.method, **row.train}
-        cfg = section(f"row {row.label!r} train", lambda: cfglib.replace(train, **overrides))
+        cfg = section(f"row {row.label!r} train",
+                      lambda o=overrides: cfglib.replace(train, **o))
         section(f"row {row.label!r} train", _check_method, cfg, model)
         trains[row.checkpoint] = cfg
     evals = {row.label: section(f"row {row.label!r}", stages.eval_config, exp.env,

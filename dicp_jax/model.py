@@ -65,6 +65,7 @@ class NewKV(NamedTuple):
 
 
 class Heads(NamedTuple):  # each read through its codec part (mode, sample, loss)
+    # "logits" by history: for a continuous part, its head's raw outputs (e.g. mean, logvar)
     action_logits: Array  # [T, codec.action.head_size] (meaningful on state tokens)
     reward_logits: Array  # [T, codec.reward.head_size] (meaningful on action tokens)
     obs_logits: Array  # [T, codec.obs.head_size]       (action tokens)
@@ -230,7 +231,8 @@ def init_params(model: DICPTransformer, key: Array, n_tokens: int | None = None)
     dummy = Tokens(kind=jnp.arange(n, dtype=jnp.int32) % 2,
                    obs=jnp.zeros((n, codec.obs_dim), codec.obs.dtype),
                    prev_reward=jnp.zeros((n,), jnp.float32), first=jnp.zeros((n,), bool),
-                   action=jnp.zeros((n,), jnp.int32), step=jnp.arange(n, dtype=jnp.int32) // 2)
+                   action=jnp.zeros((n, *codec.action.shape), codec.action.dtype),
+                   step=jnp.arange(n, dtype=jnp.int32) // 2)
     init = lambda k: model.init({"params": k}, dummy, deterministic=True)["params"]
     return jax.jit(init)(key)  # one compile instead of hundreds of eager ops
 

@@ -35,3 +35,17 @@ register("darkroom_permuted", DarkroomPermuted, split_seed=4, train_ratio=0.9, n
 
 __all__ = ["Family", "TaskEnv", "family", "make", "names", "register", "split_indices",
            "task_array", "tasks", "unregister"]
+
+# Continuous control with Meta-World ML1 semantics on Brax's MJX pipeline (dicp_envs.brax_arm):
+# drawn tasks, 50 train / 50 test per split seed; the paper's ML1 context is 10 episodes of
+# 100 steps, its planning depth 1 (one-step reward lookahead), its source SB3 Gaussian PPO.
+from dicp_envs.brax_arm import block_splits  # noqa: E402
+from dicp_envs.push import Push  # noqa: E402
+from dicp_envs.reach import Reach  # noqa: E402
+
+_ML1_SOURCE = {"gaussian_ppo": dict(n_streams=100, n_steps=100, minibatch_size=200, n_epochs=20,
+                                    steps_per_stream=10000)}
+register("reach", Reach, splits=block_splits, n_transit=1000, plan_depth=1,
+         source="gaussian_ppo", source_settings=_ML1_SOURCE)
+register("push", Push, splits=block_splits, n_transit=1000, plan_depth=1,
+         source="gaussian_ppo", source_settings=_ML1_SOURCE)
