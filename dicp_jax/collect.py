@@ -151,7 +151,7 @@ def compile_collect(env: Any, cfg: Any, per_device: int, devices: list | None = 
         fn = jax.jit(make_collect(env, cfg, block))
         zeros = np.zeros(per_device, np.int64)
         example = (seed_keys(0, zeros),
-                   env.params_for(np.asarray(env.task_list(), np.int32)[zeros]))
+                   env.params_for(np.asarray(env.task_list())[zeros]))
 
         def for_device(device: Any):
             place = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
@@ -182,7 +182,7 @@ def collect(env: Any, task_index: np.ndarray, cfg: Any, *,
                            chunk_size, block)
     per_device = chunk // len(devices)
     compiled, compile_s = compile_collect(env, cfg, per_device, devices, block)
-    all_tasks = np.asarray(env.task_list(), dtype=np.int32)
+    all_tasks = np.asarray(env.task_list())
     desc = f"collect (chunk {chunk})"
     report(Event("progress", desc, {"name": "collect", "done": 0, "total": len(task_index),
                                     "unit": "task"}))
@@ -257,7 +257,7 @@ def collect_dataset(env_name: str, out: str | Path, cfg: Any | None = None, *,
     else:
         idx = dicp_envs.split_indices(env_name, split)
     idx = idx if n_tasks is None else idx[:n_tasks]
-    tasks = np.asarray(env.task_list(), dtype=np.int32)[idx]
+    tasks = np.asarray(env.task_list())[idx]
     header = dict(env_name=env_name, env_kwargs=env_kwargs, split=split,
                   task_index=idx, tasks=tasks, source=source.NAME, source_config=to_dict(cfg),
                   seed=cfg.seed, source_algorithm=source.DESCRIPTION,

@@ -28,7 +28,8 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
 
 # Every column a row may have, in the order of the CSV.
 FIELDS = ("method", "column", "first_episode", "last_episode", "mean_return", "se_return",
-          "mean_fraction", "se_fraction", "mean_success", "se_success", "n_tasks")
+          "mean_fraction", "se_fraction", "mean_success", "se_success", "cumulative_success",
+          "n_tasks")
 
 
 def summarise(returns: Mapping[str, np.ndarray], optimal: np.ndarray | None = None,
@@ -36,7 +37,8 @@ def summarise(returns: Mapping[str, np.ndarray], optimal: np.ndarray | None = No
     """One row per (method, column): episode bands, then single-episode points. With
     ``optimal`` each row also holds the fraction of the optimal return; with ``success``
     (per method, bool ``[n_tasks, E]``; methods without one get no rate) the rate of
-    successful episodes."""
+    successful episodes, and the paper code's cumulative rate: the fraction of tasks that
+    succeeded in any episode up to the column's last one (what its Meta-World table shows)."""
     rows = []
     for method, ret in returns.items():
         ret = np.asarray(ret, np.float64)
@@ -55,6 +57,7 @@ def summarise(returns: Mapping[str, np.ndarray], optimal: np.ndarray | None = No
                 row["mean_fraction"], row["se_fraction"] = mean_se(per_task / optimal)
             if ok is not None:
                 row["mean_success"], row["se_success"] = mean_se(ok[:, a - 1 : b].mean(1))
+                row["cumulative_success"] = float(ok[:, :b].max(1).mean())
             rows.append(row | {"n_tasks": len(per_task)})
     return rows
 
@@ -91,7 +94,8 @@ def markdown(rows: Sequence[dict], title: str, notes: Sequence[str] = ()) -> str
 def _cell(r: Mapping) -> str:
     """``return ± se`` with ``(fraction of optimal, success rate)`` where present."""
     extra = ([f"{r['mean_fraction']:.0%}"] if "mean_fraction" in r else []) + (
-        [f"{r['mean_success']:.0%} success"] if "mean_success" in r else [])
+        [f"{r['mean_success']:.0%} success per episode, {r['cumulative_success']:.0%} "
+         "cumulative"] if "mean_success" in r else [])
     return (f"{r['mean_return']:.2f} ± {r['se_return']:.2f}"
             + (f" ({', '.join(extra)})" if extra else ""))
 

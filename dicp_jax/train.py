@@ -216,11 +216,15 @@ def _state_fn(model_cfg: ModelConfig, codec, cfg: TrainConfig):
 
 
 def source_quality(env_name: str, meta) -> dict[int, float]:
-    """Task index -> the source learner's last-5-episode return as a fraction of optimal."""
+    """Task index -> the source learner's last-5-episode return as a fraction of optimal,
+    or the return itself for a family without an oracle."""
     env, _ = dicp_envs.make(env_name)
     idx = np.asarray(meta.task_index)
+    last = np.asarray(meta.episode_returns)[:, -5:].mean(1)
+    if not env.has_oracle:
+        return dict(zip(idx.tolist(), last.tolist(), strict=True))
     opt = np.asarray(env.optimal_return(env.params_for(np.asarray(env.task_list())[idx])))
-    frac = np.asarray(meta.episode_returns)[:, -5:].mean(1) / np.maximum(opt, 1e-9)
+    frac = last / np.maximum(opt, 1e-9)
     return dict(zip(idx.tolist(), frac.tolist(), strict=True))
 
 
@@ -234,6 +238,9 @@ def load_split(env_name: str, data_dir, split_seed: int | None, min_source_retur
     _, meta = load_history(data_dir, env_name=env_name, task_index=None, steps=1,
                            verify=False)
     quality = source_quality(env_name, meta)
+    if min_source_return > 0 and not dicp_envs.make(env_name)[0].has_oracle:
+        raise cfglib.ConfigError(f"min_source_return is a fraction of the optimal return: "
+                                 f"{env_name} has no oracle; set min_source_return=0")
     split = {"seed": split_seed}
     for name in ("train", "test"):
         idx = [int(i) for i in dicp_envs.split_indices(env_name, name, seed=split_seed)
@@ -293,8 +300,8 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
         train_h, test_h = histories[:2]
         split = histories[2] if len(histories) > 2 else {"seed": train_cfg.split_seed}
     seq = train_cfg.sequence_length(model_cfg)
-    if train_h.action.shape[-1] < seq:
-        raise ValueError(f"streams of {train_h.action.shape[-1]} steps are shorter than a "
+    if train_h.action.shape[2] < seq:
+        raise ValueError(f"streams of {train_h.action.shape[2]} steps are shorter than a "
                          f"training sequence ({seq} transitions)")
     mesh = Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
     if train_cfg.batch_size % mesh.size:
@@ -314,7 +321,7 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     train_idx = _train_task_index(split, train_h, required=False)
     data = to_device(prepare(train_h, mesh.size, split.get("imitate"), train_cf,
                              adapt=_adapter(method, env, train_idx)), mesh)
-    shape = (train_h.action.shape[0],) + tuple(train_h.action.shape[1:])
+    shape = tuple(train_h.action.shape[:3])  # (tasks, streams, steps)
     model = method.make_model(model_cfg, codec)
     state = init_state(model_cfg, codec, train_cfg, mesh)
     mngr = ckpt.manager(run_dir, train_cfg.keep_checkpoints)

@@ -78,7 +78,7 @@ def task_array(name: str, split: str = "all", seed: int | None = None,
                ratio: float | None = None, **env_kwargs: Any) -> np.ndarray:
     """The split's task tuples as an ``int[N, k]`` array (k = 2 goal, 4 key+door, 1 perm)."""
     env, _ = make(name, **env_kwargs)
-    all_tasks = np.asarray(env.task_list(), dtype=np.int32)
+    all_tasks = np.asarray(env.task_list())
     idx = split_indices(name, split, seed, ratio, n_tasks=len(all_tasks))
     return all_tasks[idx]
 

@@ -132,8 +132,13 @@ def source_report(env_name: str, out: Path) -> str:
     from dicp_jax.history import load_history
     from dicp_jax.train import source_quality
 
+    import dicp_envs
+
     _, meta = load_history(out, env_name=env_name, streams=[0], steps=1, verify=False)
     frac = np.asarray(list(source_quality(env_name, meta).values()))
+    if not dicp_envs.make(env_name)[0].has_oracle:
+        return (f"source learners, last 5 episodes: mean return {frac.mean():.2f} "
+                f"(min {frac.min():.2f}, max {frac.max():.2f})")
     low = int((frac < LOW_SOURCE_RETURN).sum())
     return (f"source PPO learners, last 5 episodes: {frac.mean():.0%} of optimal on average "
             f"(min {frac.min():.0%}); {low} of {len(frac)} tasks below "

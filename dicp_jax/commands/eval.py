@@ -107,13 +107,18 @@ def run(args: argparse.Namespace) -> int:
     secs = time.perf_counter() - t0
     print(f"meta-test done in {secs:.1f} s (including compilation)", flush=True)
     returns = np.asarray(out.returns)
-    optimal = np.asarray(env.optimal_return(env.params_for(np.asarray(env.task_list())[idx])))
-    print(markdown(summarise({label: returns}, optimal), f"{trained.env_name}: {args.run}",
+    optimal = (np.asarray(env.optimal_return(env.params_for(np.asarray(env.task_list())[idx])))
+               if env.has_oracle else None)
+    success = None if out.success is None else {label: np.asarray(out.success)}
+    print(markdown(summarise({label: returns}, optimal, success),
+                   f"{trained.env_name}: {args.run}",
                    [f"{len(idx)} {args.split} tasks; {secs:.1f} s including compilation"]))
     if args.out:
         args.out.write_text(json.dumps({
             "run": str(args.run), "planner": args.planner, "task_index": idx.tolist(),
-            "returns": returns.tolist(), "optimal": optimal.tolist(),
+            "returns": returns.tolist(),
+            "optimal": None if optimal is None else optimal.tolist(),
+            "success": None if success is None else success[label].tolist(),
             "config": cfglib.to_dict(cfg)}, indent=1))
         print(f"wrote {args.out}")
     return 0

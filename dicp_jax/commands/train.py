@@ -77,7 +77,7 @@ def check_dataset(env: str, data: Path, train_cfg: Any, model_cfg: Any) -> None:
     if meta.get("env_name") != env:
         raise UsageError(f"--data {data} holds {meta.get('env_name')!r} histories, "
                          f"not {env!r}")
-    steps = meta["shapes"]["action"][-1]
+    steps = meta["shapes"]["action"][1]  # [streams, steps(, action_dim)]
     seq = train_cfg.sequence_length(model_cfg)
     if steps < seq:
         raise UsageError(f"--data {data}: streams of {steps} steps are shorter than a training "
