@@ -29,6 +29,7 @@ from dicp_jax.reporting import Event, Reporter, silent
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 SOURCE_LABEL = "PPO"  # the row of the source learner's own episodes, always reported
+SUCCESS = "#success"  # suffix of a row's per-episode success, where the env reports it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,10 +211,17 @@ SUBSET_SEED = 0  # the random subset of tasks is fixed: every split and rerun sh
 def experiment_tasks(exp: Experiment) -> np.ndarray:
     """Sorted indices (into ``env.task_list()``) of the tasks an experiment collects and
     splits: all of them, or a seeded random subset of ``exp.tasks`` so that Key-to-Door's
-    6561 tasks fit a CPU run. Each split's train / test tasks are those of the subset."""
+    6561 tasks fit a CPU run. Each split's train / test tasks are those of the subset. A
+    family whose tasks are drawn (its own ``splits``, e.g. ML1-style 50 train + 50 test)
+    collects exactly its splits' tasks."""
     import dicp_envs
 
     n = len(dicp_envs.make(exp.env)[0].task_list())
+    family = dicp_envs.family(exp.env)
+    if exp.tasks is None and family.splits is not None:
+        seeds = exp.splits or (family.split_seed,)
+        return np.unique(np.concatenate([dicp_envs.split_indices(exp.env, side, seed=s)
+                                         for s in seeds for side in ("train", "test")]))
     if exp.tasks is None:
         return np.arange(n)
     if exp.tasks > n:
@@ -387,7 +395,7 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
             rows = tuple(r for r in exp.rows if r.checkpoint == name)
             results.update(_evaluate_split(exp, cfgs, seed, run_dir, data_dir, env, force,
                                            report, rows))
-        per_split.append({**results, **{r.label: results[r.label] for r in exp.rows}})
+        per_split.append(results)
     return _report(exp, out, per_split, env, splits, split_cfgs, report)
 
 
@@ -446,7 +454,10 @@ def _evaluate_split(exp: Experiment, cfgs: Mapping[str, Any], seed: int, run_dir
             if trained is None:
                 trained = load_trained(run_dir)
             t0 = time.perf_counter()
-            stored[key] = np.asarray(evaluate_run(trained, idx, cfg, exp.eval_seed).returns)
+            out = evaluate_run(trained, idx, cfg, exp.eval_seed)
+            stored[key] = np.asarray(out.returns)
+            if out.success is not None:  # envs reporting success (stored beside returns)
+                stored[key + SUCCESS] = np.asarray(out.success)
             secs = time.perf_counter() - t0
             last = stored[key][:, -10:].mean(1)
             frac = None if optimal is None else float((last / optimal).mean())
@@ -458,9 +469,13 @@ def _evaluate_split(exp: Experiment, cfgs: Mapping[str, Any], seed: int, run_dir
                          {"split": seed, "row": row.label, "seconds": secs,
                           "last10_return": float(last.mean()), "last10_fraction": frac}))
         results[row.label] = stored[key]
+        if key + SUCCESS in stored:
+            results[row.label + SUCCESS] = stored[key + SUCCESS]
     _, meta = load_history(data_dir, env_name=exp.env, task_index=idx, streams=[0], steps=1)
     results[SOURCE_LABEL] = np.asarray(meta.episode_returns, np.float64)
     names = {f"row_{hashlib.sha1(k.encode()).hexdigest()[:16]}": k for k in keys.values()}
+    names |= {f"{name}_success": k + SUCCESS for name, k in names.items()
+              if k + SUCCESS in stored}
     np.savez(cache, keys=json.dumps(names, sort_keys=True), task_index=idx,
              **{name: stored[k] for name, k in names.items()})
     return results
@@ -510,7 +525,9 @@ def _report(exp: Experiment, out: Path, per_split: list[dict], env: Any,
     with_optimal = all("optimal" in r for r in per_split)
     optimal = (np.concatenate([r["optimal"] for r in per_split]) if with_optimal else None)
     n_tasks = sum(len(r["task_index"]) for r in per_split)
-    rows = summarise(pooled, optimal)
+    success = {m: np.concatenate([r[m + SUCCESS] for r in per_split]) for m in labels
+               if all(m + SUCCESS in r for r in per_split)}
+    rows = summarise(pooled, optimal, success or None)
     write_csv(rows, out / "results.csv")
     notes = result_notes(exp, n_tasks, splits, with_optimal, cfgs["ppo"].n_streams)
     title = f"{exp.name}: meta-test return on held-out tasks"

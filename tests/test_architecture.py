@@ -22,7 +22,7 @@ LAYERS = [
     ("planning", ("dicp_jax.planning",)),
     ("methods", ("dicp_jax.methods",)),
     ("training", ("dicp_jax.validate", "dicp_jax.checkpoint", "dicp_jax.train")),
-    ("evaluate", ("dicp_jax.evaluate",)),
+    ("evaluate", ("dicp_jax.evaluate", "dicp_jax.flops")),
     ("experiment", ("dicp_jax.stages", "dicp_jax.results", "dicp_jax.experiment",
                     "dicp_jax.testing", "dicp_jax.commands", "dicp_jax.cli")),
 ]

@@ -129,10 +129,9 @@ def check_out(out: Path, env_name: str, ppo: dict, idx: np.ndarray, resume: bool
 
 def source_report(env_name: str, out: Path) -> str:
     """How well the source learners did: last-5-episode return as a fraction of optimal."""
+    import dicp_envs
     from dicp_jax.history import load_history
     from dicp_jax.train import source_quality
-
-    import dicp_envs
 
     _, meta = load_history(out, env_name=env_name, streams=[0], steps=1, verify=False)
     frac = np.asarray(list(source_quality(env_name, meta).values()))

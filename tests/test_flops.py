@@ -1,0 +1,24 @@
+"""The per-action cost model: its DPT figures reproduce the paper's Table 7 (DPT re-runs
+the full context per call, as the paper's code does), and the key/value cache is what
+makes AD's actions and searches cheaper."""
+
+from dicp_jax.flops import macs_per_action, search_calls
+from dicp_jax.model import ModelConfig
+from dicp_jax.planning.beam import BeamConfig
+
+
+def test_dpt_matches_table_7_and_ad_is_cheaper_with_its_cache():
+    dark, k2d = ModelConfig(n_transit=80), ModelConfig(n_transit=200)
+    assert abs(macs_per_action("dpt", dark, 5) / 6e6 - 1) < 0.25
+    assert abs(macs_per_action("dpt", k2d, 5) / 20e6 - 1) < 0.25
+    assert abs(macs_per_action("dpt", dark, 5, BeamConfig(10, 8)) / 2e9 - 1) < 0.25
+    assert abs(macs_per_action("dpt", k2d, 5, BeamConfig(10, 16)) / 18e9 - 1) < 0.25
+    for cfg, depth in ((dark, 8), (k2d, 16)):
+        assert macs_per_action("ad", cfg, 5) * 10 < macs_per_action("dpt", cfg, 5)
+        plan = BeamConfig(10, depth)
+        assert macs_per_action("ad", cfg, 5, plan) * 10 < macs_per_action("dpt", cfg, 5, plan)
+
+
+def test_search_counts_every_executed_candidate():
+    assert search_calls(10, 1, 5) == (0, 5)
+    assert search_calls(10, 8, 5) == (70, 5 + 7 * 50)
