@@ -328,7 +328,7 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     if resume:
         state = ckpt.restore(mngr, state) or state
     test_data = prepare(test_h, cf=test_cf, adapt=_adapter(method, env, split.get("test")))
-    if method.NAME == "ad":
+    if method.LAYOUT == "ad":
         validator = Validator(model, method.window, test_data, train_cfg.eval_windows,
                               train_cfg.seed, mesh=mesh)
     else:

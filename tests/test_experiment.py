@@ -132,11 +132,14 @@ def test_table_without_an_optimal_return_or_with_success_rates(tmp_path):
     rows = summarise(returns, success=success)
     row = next(r for r in rows if r["method"] == "DICP" and r["column"] == "ep 1-5")
     assert row["mean_success"] == pytest.approx(0.5)
-    assert "(50% success)" in markdown(rows, "t") and "| AD | 0.00 ± 0.00 |" in markdown(rows, "t")
+    assert row["cumulative_success"] == pytest.approx(1.0)  # both tasks succeeded by ep 3
+    table = markdown(rows, "t")
+    assert "(50% success per episode, 100% cumulative)" in table
+    assert "| AD | 0.00 ± 0.00 |" in table
     write_csv(rows, tmp_path / "r.csv")
     header = (tmp_path / "r.csv").read_text().splitlines()[0]
     assert header == ("method,column,first_episode,last_episode,mean_return,se_return,"
-                      "mean_success,se_success,n_tasks")
+                      "mean_success,se_success,cumulative_success,n_tasks")
     plot(returns, None, tmp_path / "p.png", "t", 20)
     assert (tmp_path / "p.png").stat().st_size > 1000
 

@@ -97,8 +97,10 @@ def double_imitation_loss(*args, **kwargs):
     return total + metrics["action_loss"], metrics
 
 
-TOY_METHOD = types.SimpleNamespace(NAME="toy_ad", make_model=ad.make_model, window=ad.window,
-                                   loss=double_imitation_loss)
+TOY_METHOD = types.SimpleNamespace(
+    NAME="toy_ad", LAYOUT="ad", make_model=ad.make_model, init_params=ad.init_params,
+    check_config=ad.check_config, prepare_data=ad.prepare_data, window=ad.window,
+    loss=double_imitation_loss, make_agent=ad.make_agent)
 
 
 @pytest.fixture

@@ -220,8 +220,9 @@ def test_learns_the_toy_task(env):
     np.testing.assert_allclose(moved[inside], hist.action[inside], atol=1e-4)
 
 
-# The paper's shapes (100 streams, n_steps 100, minibatch 200, 20 epochs) for two updates:
-# the second rollout's actions carry any rounding difference of the first update.
+# The paper's shapes (100 streams, n_steps 100, minibatch 200; 4 of its 20 epochs, to fit
+# the suite) for two updates: the second rollout's actions carry any rounding difference
+# of the first update.
 LAYOUTS = textwrap.dedent("""
     import importlib.util, sys, numpy as np, jax
     from dicp_jax import collect
@@ -229,7 +230,7 @@ LAYOUTS = textwrap.dedent("""
     spec = importlib.util.spec_from_file_location("toy", sys.argv[1])
     toy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(toy)
-    env, cfg = toy.PointGoal(), GaussianPPOConfig(steps_per_stream=200)
+    env, cfg = toy.PointGoal(), GaussianPPOConfig(steps_per_stream=200, n_epochs=4)
     idx, dev = np.arange(6), jax.devices()
     assert len(dev) == 4
     runs = {"1 device": (idx, collect.collect(env, idx, cfg, devices=dev[:1])),

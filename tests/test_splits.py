@@ -90,5 +90,5 @@ def test_bad_split_arguments():
         dicp_envs.split_indices("darkroom", "val")
     with pytest.raises(ValueError, match="train ratio must be in"):
         dicp_envs.split_indices("darkroom", "train", ratio=1.5)
-    with pytest.raises(ValueError, match="known: dark_key_to_door, darkroom"):
+    with pytest.raises(ValueError, match="known: .*dark_key_to_door, darkroom"):
         dicp_envs.split_indices("nope", "train")

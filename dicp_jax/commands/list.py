@@ -40,9 +40,11 @@ def env_rows() -> list[str]:
         spec = dicp_envs.family(name)
         n_train = len(dicp_envs.split_indices(name, "train"))
         n_test = len(dicp_envs.split_indices(name, "test"))
-        rows.append(f"{name}: {n_train + n_test} tasks ({n_train} train / {n_test} test, "
-                    f"split seed {spec.split_seed}), horizon {env.horizon}, "
-                    f"{env.num_actions} actions")
+        dim = getattr(env, "action_dim", None)
+        actions = f"{env.num_actions} actions" if dim is None else f"{dim}-D actions"
+        rows.append(f"{name}: {n_train + n_test} tasks ({n_train} train / {n_test} "
+                    f"test, split seed {spec.split_seed}), horizon {env.horizon}, {actions}, "
+                    f"source {spec.source}")
     return rows
 
 

@@ -31,6 +31,7 @@ from dicp_jax.planning import world_model
 from dicp_jax.planning.world_model import WorldModel
 
 NAME = "ad"
+LAYOUT = "ad"  # the interleaved state/action tokens of ``dicp_jax.model``
 
 
 def make_model(model_cfg, codec) -> DICPTransformer:

@@ -13,8 +13,10 @@ A method is a module with
   training sequence of ``n`` transitions cut from the on-device histories (``data``);
 - ``loss(model, params, tokens, targets, key, lam, deterministic, weight, cf_weight)``:
   its per-batch loss and metrics (imitation + ``lam`` x dynamics);
-- ``stats(model, params, tokens, targets) -> {name: per-position sums}``: held-out
-  validation counts (``dicp_jax.validate`` sums them over fixed windows);
+- ``LAYOUT``: ``"ad"`` for a method on AD's interleaved token layout (validated by AD's
+  ``dicp_jax.validate.Validator``, with its reward-recall metrics), else its own name, and
+  then ``stats(model, params, tokens, targets) -> {metric: (hits, counts)}``: held-out
+  validation counts by position (``validate.MethodValidator`` sums them over windows);
 - ``make_agent(model, params, codec, n_transit) -> Agent``: how it acts at meta-test,
   including the world model its planners imagine with;
 
@@ -44,8 +46,8 @@ import jax
 from dicp_jax.config import Registry
 from dicp_jax.planning.world_model import WorldModel
 
-REQUIRED = ("NAME", "make_model", "init_params", "check_config", "prepare_data", "window",
-            "loss", "make_agent")
+REQUIRED = ("NAME", "LAYOUT", "make_model", "init_params", "check_config", "prepare_data",
+            "window", "loss", "make_agent")
 METHODS = Registry("method")
 get, names, unregister = METHODS.get, METHODS.names, METHODS.unregister
 
@@ -89,6 +91,8 @@ class Agent(NamedTuple):
 
 def register(method: ModuleType) -> ModuleType:
     missing = [a for a in REQUIRED if not hasattr(method, a)]
+    if getattr(method, "LAYOUT", "ad") != "ad" and not hasattr(method, "stats"):
+        missing.append("stats")
     if missing:
         raise TypeError(f"method {getattr(method, 'NAME', method)} lacks {missing}")
     return METHODS.register(method.NAME, method)

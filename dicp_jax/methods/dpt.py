@@ -48,6 +48,7 @@ from dicp_jax.model import Heads, ModelConfig, Tokens, token_dtype
 from dicp_jax.planning.world_model import WorldModel, empty_tokens, write_tokens
 
 NAME = "dpt"
+LAYOUT = "dpt"  # its own: validated through ``stats``
 QUERY, CONTEXT, QUERY_ACTION = 0, 1, 2
 
 

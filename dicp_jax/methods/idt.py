@@ -114,6 +114,7 @@ from dicp_jax.model import EMPTY_STEP, Heads, ModelConfig, Tokens, token_dtype
 from dicp_jax.planning.world_model import WorldModel, empty_tokens, write_tokens
 
 NAME = "idt"
+LAYOUT = "idt"  # its own: validated through ``stats``
 C = 10  # low-level steps per high-level decision (the code's ``low_per_high``)
 DIM_Z = 8  # a decision z; MD and RD emit its mean and log-variance (2 * DIM_Z)
 Z, S, A, R = 0, 1, 2, 3  # D2G token kinds, in their order within a low step
