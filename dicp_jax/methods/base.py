@@ -89,6 +89,20 @@ class Agent(NamedTuple):
     commit: Callable[[Any, Step, jax.Array], Any]
 
 
+def require_one_window(name: str, train_cfg: Any) -> None:
+    """Refuse AD's multi-window training options for a method whose sequence is one window
+    of its own layout (DPT, IDT)."""
+    from dicp_jax.config import ConfigError
+
+    bad = [k for k, on in (("seq_windows", train_cfg.seq_windows != 1),
+                           ("true_context", train_cfg.true_context),
+                           ("counterfactual", train_cfg.counterfactual > 0)) if on]
+    if bad:
+        raise ConfigError(f"method {name!r} trains one window per sequence: set "
+                          f"seq_windows=1, true_context=false, counterfactual=0 "
+                          f"(got {', '.join(bad)})")
+
+
 def register(method: ModuleType) -> ModuleType:
     missing = [a for a in REQUIRED if not hasattr(method, a)]
     if getattr(method, "LAYOUT", "ad") != "ad" and not hasattr(method, "stats"):

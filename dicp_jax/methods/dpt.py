@@ -43,7 +43,7 @@ import numpy as np
 from dicp_jax.config import ConfigError
 from dicp_jax.data import Targets, TrainData
 from dicp_jax.methods.backbone import PartEmbed, Stack
-from dicp_jax.methods.base import Agent, Step, TaskInfo
+from dicp_jax.methods.base import Agent, Step, TaskInfo, require_one_window
 from dicp_jax.model import Heads, ModelConfig, Tokens, token_dtype
 from dicp_jax.planning.world_model import WorldModel, empty_tokens, write_tokens
 
@@ -102,13 +102,7 @@ def init_params(model: DPTTransformer, key: jax.Array):
 def check_config(train_cfg, model_cfg: ModelConfig) -> None:
     """DPT's sequence is one window of n_transit transitions: AD's multi-window training
     options do not apply."""
-    bad = {k: v for k, v in (("seq_windows", train_cfg.seq_windows != 1),
-                             ("true_context", train_cfg.true_context),
-                             ("counterfactual", train_cfg.counterfactual > 0)) if v}
-    if bad:
-        raise ConfigError(f"method {NAME!r} trains one window per sequence: set "
-                          f"seq_windows=1, true_context=false, counterfactual=0 "
-                          f"(got {', '.join(bad)})")
+    require_one_window(NAME, train_cfg)
     if model_cfg.n_transit < 2:
         raise ConfigError("DPT needs n_transit >= 2 (a query and a context)")
 

@@ -109,7 +109,7 @@ import numpy as np
 from dicp_jax.config import ConfigError
 from dicp_jax.data import Targets, TrainData
 from dicp_jax.methods.backbone import PartEmbed, Stack
-from dicp_jax.methods.base import Agent, Step, TaskInfo
+from dicp_jax.methods.base import Agent, Step, TaskInfo, require_one_window
 from dicp_jax.model import EMPTY_STEP, Heads, ModelConfig, Tokens, token_dtype
 from dicp_jax.planning.world_model import WorldModel, empty_tokens, write_tokens
 
@@ -263,13 +263,7 @@ def init_params(model: IDT, key: jax.Array):
 
 def check_config(train_cfg, model_cfg: ModelConfig) -> None:
     """One window of whole segments per sequence: AD's multi-window options do not apply."""
-    bad = {k: v for k, v in (("seq_windows", train_cfg.seq_windows != 1),
-                             ("true_context", train_cfg.true_context),
-                             ("counterfactual", train_cfg.counterfactual > 0)) if v}
-    if bad:
-        raise ConfigError(f"method {NAME!r} trains one window per sequence: set "
-                          f"seq_windows=1, true_context=false, counterfactual=0 "
-                          f"(got {', '.join(bad)})")
+    require_one_window(NAME, train_cfg)
     if model_cfg.n_transit < C or model_cfg.n_transit % C:
         raise ConfigError(f"IDT cuts its window into decisions of {C} steps: n_transit must "
                           f"be a positive multiple of {C}, got {model_cfg.n_transit}")
