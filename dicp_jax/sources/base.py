@@ -45,8 +45,9 @@ def register(source: ModuleType) -> ModuleType:
 
 
 def for_config(cfg: Any) -> ModuleType:
-    """The source whose ``Config`` type ``cfg`` is."""
+    """The source whose ``Config`` type ``cfg`` is (exactly: one source's config may
+    extend another's)."""
     for source in map(get, names()):
-        if isinstance(cfg, source.Config):
+        if type(cfg) is source.Config:
             return source
     raise TypeError(f"no registered source takes a {type(cfg).__name__}")

@@ -57,37 +57,20 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianPPOConfig:
-    """One learner per task acting in ``n_streams`` parallel copies of that task. The
-    defaults are the paper's Meta-World settings (Table 3: 100 streams, 1M steps per task,
-    n_steps 100, batch 200, 20 epochs, lr 3e-4) on top of SB3's PPO defaults."""
+class GaussianPPOConfig(ppo.PPOConfig):
+    """One learner per task acting in ``n_streams`` parallel copies of that task: PPO's
+    config (the same fields, sizes and checks) with the paper's Meta-World settings as
+    defaults (Table 3: 100 streams, 1M steps per task, n_steps 100, batch 200, 20 epochs,
+    lr 3e-4) and the Gaussian policy's own two fields."""
 
-    n_streams: int = 100  # SB3 n_envs
     steps_per_stream: int = 10_000  # total env steps = n_streams * steps_per_stream
     n_steps: int = 100  # rollout length per stream and update
     minibatch_size: int = 200  # SB3 batch_size
-    n_epochs: int = 20
-    lr: float = 3e-4
-    adam_eps: float = 1e-5
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
-    max_grad_norm: float = 0.5
-    hidden: tuple[int, ...] = (64, 64)
-    normalize_advantage: bool = True
     log_std_init: float = 0.0
     record_action: Literal["sampled", "clipped"] = "sampled"  # what History.action holds
-    seed: int = 0
-
-    # The derived sizes and the shared checks are PPO's (same fields, same meaning).
-    n_updates = ppo.PPOConfig.n_updates
-    batch_size = ppo.PPOConfig.batch_size
-    n_minibatches = ppo.PPOConfig.n_minibatches
 
     def validate(self) -> None:
-        ppo.PPOConfig.validate(self)
+        super().validate()
         if self.record_action not in ("sampled", "clipped"):
             raise ConfigError(f"record_action must be 'sampled' or 'clipped', "
                               f"got {self.record_action!r}")
