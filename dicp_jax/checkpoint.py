@@ -15,6 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from dicp_jax import config as cfglib
+from dicp_jax import distributed
 
 
 class ConfigMismatch(cfglib.ConfigError):
@@ -28,6 +29,9 @@ RESUMABLE_TRAIN_FIELDS = {"eval_every", "eval_windows", "ckpt_every",
 
 
 def manager(run_dir: str | Path, keep: int = 3) -> ocp.CheckpointManager:
+    """Orbax's manager; in a multi-process run every process holds one and calls ``save``
+    and ``restore`` together: orbax writes each array once (from the process holding its
+    first replica) and the checkpoint's metadata from process 0."""
     opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                         enable_async_checkpointing=False)
     return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=opts)
@@ -56,6 +60,11 @@ def run_config(env_name: str, model_cfg, train_cfg, data_dir, split: dict,
 
 
 def write_config(run_dir: str | Path, cfg: dict) -> None:
+    """Write ``config.json`` (process 0 of a multi-process run, once every process has
+    checked the run directory as it was before)."""
+    distributed.barrier("dicp-config-checked")
+    if not distributed.is_main():
+        return
     path = Path(run_dir) / "config.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))

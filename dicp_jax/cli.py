@@ -63,7 +63,46 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             if name != "list":
                 p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
                                help="XLA CPU devices to shard over (default: one per core)")
+                add_layout_flags(p)
     return parser
+
+
+def add_layout_flags(p: argparse.ArgumentParser) -> None:
+    """The process layout of a multi-process run (``dicp_jax.distributed``), the same flags
+    on every command. Without them a command is one process."""
+    from dicp_jax.distributed import DEFAULT_TIMEOUT
+
+    g = p.add_argument_group("multi-process runs (jax.distributed)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address, the same on every process; 'auto' lets JAX "
+                        "read the layout from the cluster (SLURM, TPU pod slice)")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="processes in the run")
+    g.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="this process, 0 .. N-1 (process 0 writes the shared files)")
+    g.add_argument("--coordinator-timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
+                   help=f"seconds for all processes to join (default {DEFAULT_TIMEOUT})")
+
+
+def join_run(args: argparse.Namespace, prefix: str) -> bool:
+    """Join the multi-process run the flags describe (before any device is used); True if
+    this is one. A bad layout raises ConfigError (exit 2); processes that do not all join
+    in time end this one with a one-line message and exit 1."""
+    if getattr(args, "coordinator", None) is None and getattr(args, "num_processes",
+                                                               None) is None:
+        return False
+    from dicp_jax import distributed
+    from dicp_jax.commands.common import EXIT_FAILURE
+
+    layout = distributed.layout_from(args.coordinator, args.num_processes, args.process_id,
+                                     args.coordinator_timeout)
+
+    def give_up(message: str) -> None:  # from the watchdog thread: the main one is stuck
+        print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+        os._exit(EXIT_FAILURE)
+
+    distributed.initialize(layout, give_up)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,23 +111,41 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     prefix = f"dicp {command}" if command else "dicp"
+    multi = False
     try:
         use_cpu_devices(argv)
         args = build_parser(argv).parse_args(argv)
         if args.command is None:
             build_parser([]).print_help()
             return 0
+        multi = join_run(args, prefix)
+        if multi:  # which process said it
+            import jax
+
+            prefix = f"{prefix} [process {jax.process_index()} of {jax.process_count()}]"
         module = importlib.import_module(f"dicp_jax.commands.{args.command}")
         return int(module.run(args) or 0)
     except KeyboardInterrupt as e:  # the command may say what was kept
         print(f"{prefix}: {one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
-        return EXIT_INTERRUPT
+        return _leave(EXIT_INTERRUPT, multi)
     except Exception as e:
         code = exit_code(e)
         if code is None or os.environ.get("DICP_TRACEBACK"):
             raise
         print(f"{prefix}: {one_line(e)}", file=sys.stderr)
-        return code
+        return _leave(code, multi)
+
+
+def _leave(code: int, multi: bool) -> int:
+    """The exit code of a failed command. A process of a multi-process run exits at once:
+    JAX's orderly shutdown waits at a barrier for every process, which a failed or
+    departed peer never reaches (the wait would end in an abort), and the peers' next
+    collective then fails on the closed connection instead of waiting for this one."""
+    if multi:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Design choices:
 - Per-task RNG ``fold_in(base_key, task_index)`` (index into ``env.task_list()``) and a
   per-task program (``lax.map``): a task's history does not depend on which tasks share
   its chunk, its position, the chunk size, the devices, or a resume (tested).
-- The task axis is split over ``jax.devices()``: each device runs its own copy of one
+- The task axis is split over this process's devices (``jax.local_devices()``; in a
+  multi-process run each process first takes its share of the tasks, ``collect_dataset``,
+  ``dicp_jax.distributed``): each device runs its own copy of one
   single-device program on its share of the chunk (no communication; see
   ``compile_collect`` for why not one sharded program). A chunk is padded to a fixed size
   (whole blocks on every device) so every chunk reuses the compiled programs. On CPU,
@@ -25,6 +27,7 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -37,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
-from dicp_jax import sources
+from dicp_jax import distributed, sources
 from dicp_jax.history import History
 from dicp_jax.reporting import Event, Reporter, silent
 from dicp_jax.rng import task_keys
@@ -131,7 +134,8 @@ _COMPILED: dict = {}
 
 def compile_collect(env: Any, cfg: Any, per_device: int, devices: list | None = None,
                     block: int = DEFAULT_BLOCK) -> tuple[list, float]:
-    """``make_collect`` for ``per_device`` tasks, compiled once per device (default: all),
+    """``make_collect`` for ``per_device`` tasks, compiled once per device (default: this
+    process's),
     in parallel threads; returns (executables in device order, compile seconds).
 
     Why one single-device program per device and not one program sharded over a mesh: an
@@ -139,7 +143,7 @@ def compile_collect(env: Any, cfg: Any, per_device: int, devices: list | None = 
     unpartitioned (one device), so histories changed with the device count. Tasks need no
     communication, so each device runs its own copy. Cached per (env, cfg without seed,
     size, block, device): the seed only enters through the keys."""
-    devices = list(jax.devices() if devices is None else devices)
+    devices = list(jax.local_devices() if devices is None else devices)
     if per_device < 1 or per_device % block:
         raise ValueError(f"{per_device} tasks per device is not a positive multiple of "
                          f"{block} tasks per block")
@@ -177,7 +181,7 @@ def collect(env: Any, task_index: np.ndarray, cfg: Any, *,
     (if given) receives ``compile_s``, ``run_s``, ``chunk`` and ``env_steps``; ``report``
     a "collect" progress event per chunk (tasks done, env steps per second)."""
     task_index = np.asarray(task_index, dtype=np.int64)
-    devices = list(jax.devices() if devices is None else devices)
+    devices = list(jax.local_devices() if devices is None else devices)
     chunk = chunk_size_for(env, cfg, max(len(task_index), 1), len(devices), memory_budget,
                            chunk_size, block)
     per_device = chunk // len(devices)
@@ -241,11 +245,17 @@ def collect_dataset(env_name: str, out: str | Path, cfg: Any | None = None, *,
     (indices into ``env.task_list()``; the split is then "subset"), into the dataset at ``out``.
 
     Completed chunks are stored as they finish; with ``resume`` the tasks already stored are
-    skipped. ``metadata.json`` is written last. Returns the metadata dict."""
+    skipped. ``metadata.json`` is written last. Returns the metadata dict.
+
+    In a multi-process run (``dicp_jax.distributed``) every process calls this with the
+    same arguments: the tasks still to do are split over the processes in proportion to
+    their devices, each process runs its share on its own devices and stores its own
+    shards, and process 0 writes ``metadata.json`` once every process is done. A history
+    depends only on (seed, task index, block), so the dataset is the single-process one,
+    and a resume redoes exactly the tasks no process stored, whichever process died."""
     import dicp_envs
     from dicp_jax import __version__
     from dicp_jax.config import to_dict
-    from dicp_jax.history import DatasetWriter
 
     env, _ = dicp_envs.make(env_name, **env_kwargs)
     cfg = (sources.get(dicp_envs.family(env_name).source).paper_config(env_name)
@@ -263,11 +273,41 @@ def collect_dataset(env_name: str, out: str | Path, cfg: Any | None = None, *,
                   seed=cfg.seed, source_algorithm=source.DESCRIPTION,
                   task_seed="jax.random.fold_in(PRNGKey(seed), task_index)",
                   tasks_per_block=block, version=__version__)
-    writer = DatasetWriter(out, header, resume=resume, overwrite=overwrite)
+    writer = _open_writer(out, header, resume, overwrite)
     done = writer.done_tasks()
-    todo = np.asarray([i for i in idx if int(i) not in done], dtype=np.int64)
+    todo = distributed.process_share(
+        np.asarray([i for i in idx if int(i) not in done], dtype=np.int64))
     if len(todo):
-        collect(env, todo, cfg, on_chunk=writer.write_chunk, chunk_size=chunk_size,
+        from dicp_jax.host.collect import collect_host  # real Meta-World: envs stepped on the host
+
+        run = collect_host if env.host_stepped else collect
+        run(env, todo, cfg, on_chunk=writer.write_chunk, chunk_size=chunk_size,
                 memory_budget=memory_budget, report=report, stats=stats, block=block,
                 devices=devices)
-    return writer.finalize()
+    distributed.barrier("dicp-collect-done")  # every process's shards are stored
+    meta = writer.finalize() if distributed.is_main() else None
+    distributed.barrier("dicp-collect-finalized")
+    return meta if meta is not None else json.loads((Path(out) / "metadata.json").read_text())
+
+
+def _open_writer(out: str | Path, header: dict, resume: bool, overwrite: bool) -> Any:
+    """The dataset writer of this process. With several processes, process 0 opens the
+    dataset (overwrite, leftovers of an interrupted write) once all have run their own
+    checks of the directory, the others join it afterwards, and nobody writes a shard
+    until every process has read which tasks are already stored: so all of them split
+    the same remaining tasks."""
+    from dicp_jax.history import DatasetWriter
+
+    if not distributed.is_multi():
+        return DatasetWriter(out, header, resume=resume, overwrite=overwrite)
+    import jax
+
+    tag = f"-p{jax.process_index()}"
+    distributed.barrier("dicp-collect-checked")
+    writer = (DatasetWriter(out, header, resume=resume, overwrite=overwrite, tag=tag)
+              if distributed.is_main() else None)
+    distributed.barrier("dicp-collect-opened")
+    if writer is None:
+        writer = DatasetWriter(out, header, tag=tag, join=True)
+    distributed.barrier("dicp-collect-listed")
+    return writer

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dicp_jax import config as cfglib
-from dicp_jax import methods, planning
+from dicp_jax import distributed, methods, planning
 from dicp_jax.config import ConfigError
 from dicp_jax.methods.base import Agent, Step, TaskInfo, Transition
 from dicp_jax.planning import PlanConfig, Situation
@@ -140,20 +140,15 @@ def target_return(env: Any, params: Any, cfg: EvalConfig) -> jax.Array:
             else jnp.float32(0.0))
 
 
-def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
-                 n_transit: int) -> Callable[[Any, jax.Array], Rollout]:
-    """One task's meta-test: ``rollout(env_params, key) -> Rollout`` (pure, vmappable).
-
-    ``agent`` is the method's (``dicp_jax.methods``): it takes in each real step and
-    returns the policy head; the planner searches from its real context with its world
-    model."""
-    cfg.validate()
-    check_env(env, cfg)
+def make_act(agent: Agent, codec: Any, cfg: EvalConfig, n_transit: int,
+             horizon: int) -> Callable[[Carry, jax.Array], tuple[Carry, jax.Array]]:
+    """One real step's decision for one task: ``act(carry, key) -> (carry, action)`` takes in
+    ``carry.now`` with the agent, picks the policy's or the planner's action and commits it
+    (``carry.env_state`` is not read). Shared by the one-jit rollout below and the host
+    loop of host-stepped families (``dicp_jax.host.evaluate``)."""
     plan = planning.get(cfg.planner).make(agent.wm, codec, cfg.plan)
     looks = cfg.lookups
     plan_start = n_transit if cfg.plan_start is None else cfg.plan_start
-    n_steps = cfg.episodes * env.horizon
-    reports_success: list[bool] = []
 
     def act(carry: Carry, key: jax.Array) -> tuple[Carry, jax.Array]:
         now = carry.now
@@ -171,7 +166,7 @@ def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
         rewarded = carry.last_reward_step >= now.step - n_transit
         situation = Situation(cache=real_cache, action_logits=logits,
                               policy_action=policy_action, step=now.step,
-                              steps_left=env.horizon - now.episode_step,
+                              steps_left=horizon - now.episode_step,
                               scorer=make_scorer(looks, context, rewarded))
         in_charge = now.step >= plan_start
         if cfg.before_reward == "policy":
@@ -179,6 +174,22 @@ def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
         action = jnp.where(in_charge, plan(situation, key_plan), policy_action)
         agent_state = agent.commit(agent_state, now, action)
         return carry._replace(agent=agent_state, context=context), action
+
+    return act
+
+
+def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
+                 n_transit: int) -> Callable[[Any, jax.Array], Rollout]:
+    """One task's meta-test: ``rollout(env_params, key) -> Rollout`` (pure, vmappable).
+
+    ``agent`` is the method's (``dicp_jax.methods``): it takes in each real step and
+    returns the policy head; the planner searches from its real context with its world
+    model."""
+    cfg.validate()
+    check_env(env, cfg)
+    act = make_act(agent, codec, cfg, n_transit, env.horizon)
+    n_steps = cfg.episodes * env.horizon
+    reports_success: list[bool] = []
 
     def step(carry: Carry, _: None, params: Any):
         key, key_act, key_env = jax.random.split(carry.key, 3)
@@ -249,18 +260,27 @@ def evaluate_run(trained: Any, task_index: Any, cfg: EvalConfig, seed: int = 0,
     import dicp_envs
 
     env, _ = dicp_envs.make(trained.env_name)
+    if env.host_stepped:  # real Meta-World: a host loop around the same agent step
+        from dicp_jax.host.evaluate import evaluate_host
+
+        return evaluate_host(trained, env, task_index, cfg, seed, cached_model)
     task_index = np.asarray(task_index, np.int64)
     method = methods.get(trained.train_cfg.method)
     n_transit = trained.model_cfg.n_transit
     options = {} if cached_model else {"cached": False}  # the AD cost-model comparison
     factory = lambda p: method.make_agent(trained.model, p, trained.codec, n_transit, **options)
-    devices = jax.devices()
+    # Every process's devices (``dicp_jax.distributed``): in a multi-process run every
+    # process calls this with the same tasks, runs those of its own devices, and gets all
+    # the results back.
+    mesh = distributed.global_mesh("tasks")
+    devices = list(mesh.devices.flat)
     evaluate = make_evaluate(env, factory, trained.codec, cfg, n_transit, devices)
-    # restored params sit on one device: replicate them over the task mesh
-    mesh = Mesh(np.asarray(devices), ("tasks",))
+    # restored params sit on one device (or are replicated): replicate them over the mesh
     params = jax.device_put(trained.params, NamedSharding(mesh, P()))
     n = len(task_index)
     padded = np.concatenate([task_index, np.repeat(task_index[-1:], -n % len(devices))])
     tasks = env.params_for(np.asarray(env.task_list())[padded])
-    out = evaluate(params, tasks, task_keys(jax.random.PRNGKey(seed), padded))
-    return jax.tree.map(lambda a: a[:n], jax.device_get(out))
+    keys = task_keys(jax.random.PRNGKey(seed), padded)
+    tasks, keys = distributed.to_global((tasks, keys), NamedSharding(mesh, P("tasks")))
+    out = evaluate(params, tasks, keys)
+    return jax.tree.map(lambda a: a[:n], distributed.to_host(out))

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dicp_jax import config as cfglib
+from dicp_jax import distributed
 from dicp_jax.reporting import Event, Reporter, silent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,12 +217,12 @@ def experiment_tasks(exp: Experiment) -> np.ndarray:
     collects exactly its splits' tasks."""
     import dicp_envs
 
-    n = len(dicp_envs.make(exp.env)[0].task_list())
     family = dicp_envs.family(exp.env)
     if exp.tasks is None and family.splits is not None:
         seeds = exp.splits or (family.split_seed,)
         return np.unique(np.concatenate([dicp_envs.split_indices(exp.env, side, seed=s)
                                          for s in seeds for side in ("train", "test")]))
+    n = len(dicp_envs.make(exp.env)[0].task_list())
     if exp.tasks is None:
         return np.arange(n)
     if exp.tasks > n:
@@ -315,6 +316,7 @@ def _trained_ok(run_dir: Path, env_name: str, cfgs: Mapping[str, Any],
 
     from dicp_jax.checkpoint import ConfigMismatch, check_compatible, manager, read_config
 
+    distributed.barrier("dicp-experiment-check-run")  # no process moves what another reads
     if not (run_dir / "config.json").exists():
         return False
     saved = read_config(run_dir)
@@ -322,8 +324,11 @@ def _trained_ok(run_dir: Path, env_name: str, cfgs: Mapping[str, Any],
         check_compatible(saved, env_name, cfgs["model"], cfgs["train"], run_dir, cfgs["codec"])
     except ConfigMismatch as e:
         stale = run_dir.with_name(run_dir.name + ".stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        run_dir.rename(stale)
+        distributed.barrier("dicp-experiment-checked-run")  # all read it before it moves
+        if distributed.is_main():
+            shutil.rmtree(stale, ignore_errors=True)
+            run_dir.rename(stale)
+        distributed.barrier("dicp-experiment-moved-run")
         report(Event("message", f"{e}\nmoved it to {stale}; training again",
                      {"run_dir": str(run_dir), "stale": str(stale)}))
         return False
@@ -353,8 +358,9 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
     cfgs = stage_configs(exp)
     tasks = experiment_tasks(exp)
     if force or not _dataset_ok(exp.env, data_dir, cfgs["ppo"], tasks, report):
-        if force and data_dir.exists():
+        if force and data_dir.exists() and distributed.is_main():
             shutil.rmtree(data_dir)
+        distributed.barrier("dicp-experiment-data-removed")
         which = "every" if exp.tasks is None else f"a random subset of {len(tasks)}"
         _stage(report, 1, f"collecting PPO histories on {which} {exp.env} task(s) -> "
                f"{data_dir}", data_dir=str(data_dir))
@@ -365,9 +371,13 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
                         task_index=None if exp.tasks is None else tasks, resume=partial,
                         overwrite=not partial, report=report)
         runs = out / "runs"
-        if runs.exists():  # trained on the histories just replaced
-            shutil.rmtree(out / "runs.stale", ignore_errors=True)
-            runs.rename(out / "runs.stale")
+        old_runs = runs.exists()
+        distributed.barrier("dicp-experiment-runs-seen")  # every process has looked
+        if old_runs:  # trained on the histories just replaced
+            if distributed.is_main():
+                shutil.rmtree(out / "runs.stale", ignore_errors=True)
+                runs.rename(out / "runs.stale")
+            distributed.barrier("dicp-experiment-runs-moved")
             report(Event("message", "moved the models trained on the old dataset to "
                          f"{out / 'runs.stale'}"))
     else:
@@ -381,8 +391,9 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
             cfgs = {**split_cfgs, "train": train_cfg}
             run_dir = out / "runs" / (f"split{seed}" + (f"-{name}" if name else ""))
             what = f"split {seed}" + (f", {name}" if name else "")
-            if force and run_dir.exists():
+            if force and run_dir.exists() and distributed.is_main():
                 shutil.rmtree(run_dir)
+            distributed.barrier("dicp-experiment-run-removed")
             if _trained_ok(run_dir, exp.env, cfgs, report):
                 _stage(report, 2, f"{what}: reusing the trained model in {run_dir}",
                        split=seed, run_dir=str(run_dir))
@@ -476,8 +487,9 @@ def _evaluate_split(exp: Experiment, cfgs: Mapping[str, Any], seed: int, run_dir
     names = {f"row_{hashlib.sha1(k.encode()).hexdigest()[:16]}": k for k in keys.values()}
     names |= {f"{name}_success": k + SUCCESS for name, k in names.items()
               if k + SUCCESS in stored}
-    np.savez(cache, keys=json.dumps(names, sort_keys=True), task_index=idx,
-             **{name: stored[k] for name, k in names.items()})
+    if distributed.is_main():  # process 0 alone writes shared files
+        np.savez(cache, keys=json.dumps(names, sort_keys=True), task_index=idx,
+                 **{name: stored[k] for name, k in names.items()})
     return results
 
 
@@ -516,6 +528,37 @@ def result_notes(exp: Experiment, n_tasks: int, splits: Sequence[int], with_opti
     return notes
 
 
+def cost_notes(exp: Experiment, cfgs: Mapping[str, Any], env: Any) -> list[str]:
+    """Multiply-adds per action of each row, counted as the meta-test executes them
+    (``dicp_jax.flops``, the unit of the paper's Table 7), where a cost model covers the
+    row's method and planner (discrete actions; the policy head or the beam search)."""
+    from dicp_jax import codecs
+    from dicp_jax.flops import macs_per_action
+
+    n_actions = getattr(codecs.for_env(env).action, "n", None)  # None: continuous actions
+    costs = []
+    for row in exp.rows:
+        plan = getattr(cfgs["eval"][row.label], "plan", None)
+        if n_actions is None or row.planner not in ("policy", "beam") or (
+                row.planner == "beam" and plan is None):
+            continue
+        try:
+            macs = macs_per_action(row.method, cfgs["model"], int(n_actions),
+                                   plan if row.planner == "beam" else None)
+        except ValueError:  # no cost model for this method
+            continue
+        costs.append(f"{row.label} {_si(macs)}")
+    return ([f"Multiply-adds per action, as executed (dicp_jax.flops): {'; '.join(costs)}."]
+            if costs else [])
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.0f}"
+
+
 def _report(exp: Experiment, out: Path, per_split: list[dict], env: Any,
             splits: tuple[int, ...], cfgs: Mapping[str, Any], report: Reporter) -> Path:
     from dicp_jax.results import markdown, plot, summarise, write_csv
@@ -528,8 +571,11 @@ def _report(exp: Experiment, out: Path, per_split: list[dict], env: Any,
     success = {m: np.concatenate([r[m + SUCCESS] for r in per_split]) for m in labels
                if all(m + SUCCESS in r for r in per_split)}
     rows = summarise(pooled, optimal, success or None)
+    if not distributed.is_main():  # process 0 alone writes and shows the results
+        return out
     write_csv(rows, out / "results.csv")
     notes = result_notes(exp, n_tasks, splits, with_optimal, cfgs["ppo"].n_streams)
+    notes += cost_notes(exp, cfgs, env)
     title = f"{exp.name}: meta-test return on held-out tasks"
     (out / "results.md").write_text(markdown(rows, title, notes))
     plot(pooled, optimal, out / "returns.png", title, env.horizon,
@@ -541,6 +587,6 @@ def _report(exp: Experiment, out: Path, per_split: list[dict], env: Any,
     return out
 
 
-__all__ = ["EXPERIMENTS", "SOURCE_LABEL", "Experiment", "Row", "experiment_tasks",
+__all__ = ["EXPERIMENTS", "SOURCE_LABEL", "Experiment", "Row", "cost_notes", "experiment_tasks",
            "load_experiment", "parse_rows", "result_notes", "row_key", "run_experiment",
            "stage_configs"]

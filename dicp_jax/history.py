@@ -102,12 +102,28 @@ class DatasetWriter:
     ``header`` must hold ``env_name, env_kwargs, split, task_index, tasks, source,
     source_config, seed, version``.
     A non-empty directory is refused unless ``resume`` (same header required) or ``overwrite``.
+
+    Several processes can write one dataset (``dicp_jax.distributed``): each names its
+    shards with its own ``tag`` (``00000-p1``), so names never collide; one process opens
+    the dataset (overwrite, leftovers), the others then ``join`` it (header checked, nothing
+    removed); ``finalize`` reads the shard table back from the directory, so it sees every
+    process's shards.
     """
 
     def __init__(self, path: str | Path, header: dict, resume: bool = False,
-                 overwrite: bool = False):
+                 overwrite: bool = False, tag: str = "", join: bool = False):
         self.path = Path(path)
+        self.tag = tag
         self.header = json.loads(json.dumps(header, default=_jsonable))
+        if join:
+            old = _read_json(self.path / "run.json")
+            if old != self.header:
+                diff = sorted(k for k in set(old) | set(self.header)
+                              if old.get(k) != self.header.get(k))
+                raise DatasetError(f"{self.path}: this process's run differs from the one "
+                                   f"process 0 opened in {diff}")
+            self.shards = self._existing_shards()
+            return
         if overwrite and self.path.exists():
             shutil.rmtree(self.path)
         run_file = self.path / "run.json"
@@ -140,9 +156,10 @@ class DatasetWriter:
         return {int(i) for s in self.shards for i in s["task_index"]}
 
     def write_chunk(self, task_index: np.ndarray, hist: History, returns: np.ndarray) -> None:
-        name = f"{len(self.shards):05d}"
-        while (self.path / "shards" / name).exists():
-            name = f"{int(name) + 1:05d}"
+        n = len(self.shards)
+        while (self.path / "shards" / f"{n:05d}{self.tag}").exists():
+            n += 1
+        name = f"{n:05d}{self.tag}"
         tmp = self.path / "shards" / f".tmp-{name}"
         tmp.mkdir()
         arrays = {**hist._asdict(), "episode_returns": np.asarray(returns, np.float32),
@@ -163,6 +180,7 @@ class DatasetWriter:
 
     def finalize(self) -> dict:
         """Check every planned task is stored exactly once, then write ``metadata.json``."""
+        self.shards = self._existing_shards()  # with the shards of other processes
         stored = [int(i) for s in self.shards for i in s["task_index"]]
         planned = [int(i) for i in self.header["task_index"]]
         if sorted(stored) != sorted(planned):

@@ -27,6 +27,8 @@ from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 
+from dicp_jax.distributed import is_main
+
 KINDS = ("stage", "progress", "metrics", "message", "warning")
 
 
@@ -117,7 +119,10 @@ def console(progress: bool = True, out: TextIO | None = None,
 
 # -- the run directory's metrics record -------------------------------------------------------
 def append_metrics(run_dir: str | Path, record: dict) -> None:
-    """Add one record (a JSON object) to ``run_dir/metrics.jsonl``."""
+    """Add one record (a JSON object) to ``run_dir/metrics.jsonl`` (process 0 alone in a
+    multi-process run, ``dicp_jax.distributed``)."""
+    if not is_main():
+        return
     with open(Path(run_dir) / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -131,7 +136,10 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def plot_metrics(run_dir: str | Path) -> Path | None:
-    """metrics.png: validation curves over training and accuracy by context position."""
+    """metrics.png: validation curves over training and accuracy by context position
+    (process 0 alone in a multi-process run)."""
+    if not is_main():
+        return None
     records = [r for r in read_metrics(run_dir) if "val" in r]
     if not records:
         return None

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 import dicp_envs
 from dicp_jax import checkpoint as ckpt
-from dicp_jax import codecs, methods
+from dicp_jax import codecs, distributed, methods
 from dicp_jax import config as cfglib
 from dicp_jax.data import counterfactuals, gather_windows, prepare, sample_indices, to_device
 from dicp_jax.model import ModelConfig
@@ -194,8 +194,9 @@ def init_state(model_cfg: ModelConfig, codec, cfg: TrainConfig, mesh: Mesh | Non
                abstract: bool = False) -> dict:
     """Train state {params, opt_state, step, rng}, replicated over ``mesh`` (or its shapes)."""
     make, key = _state_fn(model_cfg, codec, cfg), jax.random.PRNGKey(cfg.seed)
-    if abstract:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if abstract:  # restored replicated over every process's devices in a multi-process run
+        sharding = (distributed.replicated() if distributed.is_multi()
+                    else jax.sharding.SingleDeviceSharding(jax.devices()[0]))
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                             jax.eval_shape(make, key))
     return jax.device_put(make(key), NamedSharding(mesh, P()))

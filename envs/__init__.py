@@ -49,3 +49,14 @@ register("reach", Reach, splits=block_splits, n_transit=1000, plan_depth=1,
          source="gaussian_ppo", source_settings=_ML1_SOURCE)
 register("push", Push, splits=block_splits, n_transit=1000, plan_depth=1,
          source="gaussian_ppo", source_settings=_ML1_SOURCE)
+
+# Real Meta-World ML1 (the optional ``metaworld`` extra), stepped on the host
+# (dicp_envs.metaworld_ml1): one family per ML1 benchmark, its 50 train and 50 test tasks;
+# the paper's context (10 episodes), planning depth and source settings as for the analogues.
+from dicp_envs import metaworld_ml1  # noqa: E402
+
+for _task in metaworld_ml1.ML1_TASKS:
+    register(metaworld_ml1.PREFIX + _task, metaworld_ml1.factory(_task),
+             splits=metaworld_ml1.ml1_splits, n_transit=1000, plan_depth=1,
+             source="gaussian_ppo", source_settings=_ML1_SOURCE)
+del _task

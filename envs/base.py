@@ -23,7 +23,10 @@ Declared capabilities (class attributes, see ``TaskEnv``):
   outcome of any action from a recorded observation can be computed (counterfactual
   targets need it);
 - ``reward_of_arrival``: the reward of a step is a function of the observation it arrives
-  at (the planner's reward memory assumes it).
+  at (the planner's reward memory assumes it);
+- ``host_stepped``: not a jittable gymnax env but simulations stepped from Python (real
+  Meta-World, ``dicp_envs.metaworld_ml1``): collection and the meta-test then run the
+  host loops of ``dicp_jax.host``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class TaskEnv:
     has_oracle: ClassVar[bool] = False
     observation_is_state: ClassVar[bool] = False
     reward_of_arrival: ClassVar[bool] = False
+    host_stepped: ClassVar[bool] = False
 
     def storage_dtypes(self) -> dict[str, Any]:
         """The dtypes its histories are recorded in (exact for its values, as small as

@@ -12,19 +12,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-UTILITIES = {"dicp_jax", "dicp_jax.config", "dicp_jax.rng", "dicp_jax.reporting"}
+UTILITIES = {"dicp_jax", "dicp_jax.config", "dicp_jax.rng", "dicp_jax.reporting",
+             "dicp_jax.distributed"}
 # (layer, module-name prefixes), lowest first
 LAYERS = [
     ("envs", ("dicp_envs",)),
     ("sources", ("dicp_jax.sources",)),
-    ("data", ("dicp_jax.history", "dicp_jax.data", "dicp_jax.collect")),
+    ("data", ("dicp_jax.history", "dicp_jax.data", "dicp_jax.collect",
+              "dicp_jax.host.collect")),
     ("models", ("dicp_jax.codecs", "dicp_jax.model")),
     ("planning", ("dicp_jax.planning",)),
     ("methods", ("dicp_jax.methods",)),
     ("training", ("dicp_jax.validate", "dicp_jax.checkpoint", "dicp_jax.train")),
-    ("evaluate", ("dicp_jax.evaluate", "dicp_jax.flops")),
+    ("evaluate", ("dicp_jax.evaluate", "dicp_jax.flops", "dicp_jax.host.evaluate")),
     ("experiment", ("dicp_jax.stages", "dicp_jax.results", "dicp_jax.experiment",
-                    "dicp_jax.testing", "dicp_jax.commands", "dicp_jax.cli")),
+                    "dicp_jax.testing", "dicp_jax.commands", "dicp_jax.cli",
+                    "dicp_jax.host")),  # the host package's docstring; its modules above
 ]
 
 

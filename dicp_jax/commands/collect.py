@@ -175,22 +175,28 @@ def run(args: argparse.Namespace) -> int:
 
         import dicp_envs
         from dicp_jax.collect import chunk_size_for
+        from dicp_jax.distributed import process_share
 
         env, _ = dicp_envs.make(args.env)
-        chunk = chunk_size_for(env, r["ppo"], len(idx), jax.device_count(),
+        mine = len(process_share(idx))  # this process's tasks, on its own devices
+        chunk = chunk_size_for(env, r["ppo"], mine, jax.local_device_count(),
                                args.memory_budget * 2**30, args.chunk_size, block(args))
         shown = {k: v for k, v in r.items() if k != "task_index"}
         if r["split"] == "subset":
             shown["task_index"] = [int(i) for i in idx]
         return print_config("collect", {**shown, "chunk_size": chunk,
-                                        "chunks": math.ceil(len(idx) / chunk)})
+                                        "chunks": math.ceil(mine / chunk)})
     from dicp_jax.collect import collect_dataset
+    from dicp_jax.distributed import is_main
     from dicp_jax.reporting import console
+
+    main = is_main()  # the other processes of a multi-process run stay quiet
+    say = print if main else (lambda *a, **k: None)
 
     subset = r["split"] == "subset"
     sides = " (from both sides of its registered train/test split)" if subset else ""
-    print(f"collecting {len(idx)} tasks of {args.env}{sides} into {out}: compiling the PPO "
-          "learners (one time), then running them", flush=True)
+    say(f"collecting {len(idx)} tasks of {args.env}{sides} into {out}: compiling the PPO "
+        "learners (one time), then running them", flush=True)
     stats: dict = {}
     t0 = time.perf_counter()
     try:
@@ -198,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
                                task_index=idx if subset else None,
                                n_tasks=None if subset else args.tasks,
                                resume=args.resume, overwrite=args.overwrite,
-                               report=console(progress=not args.no_progress),
+                               report=console(progress=main and not args.no_progress),
                                chunk_size=args.chunk_size,
                                memory_budget=args.memory_budget * 2**30, stats=stats,
                                block=block(args))
@@ -211,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     if stats:
         extra = (f"; compile {stats['compile_s']:.1f}s, run {stats['run_s']:.1f}s "
                  f"({stats['env_steps'] / max(stats['run_s'], 1e-9):,.0f} env steps/s)")
-    print(f"wrote {n} tasks of {args.env} to {out} in {wall:.1f}s{extra}")
-    print(source_report(args.env, out))
+    say(f"wrote {n} tasks of {args.env} to {out} in {wall:.1f}s{extra}")
+    if main:
+        say(source_report(args.env, out))
     sys.stdout.flush()
     return 0

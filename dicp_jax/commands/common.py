@@ -26,11 +26,12 @@ def exit_code(err: BaseException) -> int | None:
     """The exit code of a known user-facing error; None for anything else (a bug, which
     keeps its traceback)."""
     from dicp_jax.config import ConfigError
+    from dicp_jax.distributed import DistributedError
     from dicp_jax.history import DatasetError
 
     if isinstance(err, UsageError | ConfigError | FileNotFoundError | FileExistsError):
         return EXIT_USAGE
-    if isinstance(err, RunError | DatasetError):
+    if isinstance(err, RunError | DatasetError | DistributedError):
         return EXIT_FAILURE
     return None
 

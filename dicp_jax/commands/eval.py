@@ -91,34 +91,37 @@ def run(args: argparse.Namespace) -> int:
 
     import dicp_envs
     from dicp_jax import config as cfglib
+    from dicp_jax.distributed import is_main
     from dicp_jax.evaluate import evaluate_run
     from dicp_jax.results import markdown, summarise
 
+    main = is_main()  # in a multi-process run process 0 alone prints and writes
+    print_ = print if main else (lambda *a, **k: None)
     trained = load_run(r["run"])
     env, _ = dicp_envs.make(trained.env_name)
     label = {"beam": "DICP", "policy": "AD"}.get(cfg.planner, cfg.planner)
     how = ", ".join([f"planner {cfg.planner}"]
                     + [f"{k} {v}" for k, v in cfglib.to_dict(cfg.plan).items()])
-    print(f"meta-testing {label} ({how}) on {len(idx)} {args.split} tasks x {cfg.episodes} "
-          f"episodes of {env.horizon} steps, seed {args.seed}", flush=True)
-    print("compiling the meta-test (one time) and running it ...", flush=True)
+    print_(f"meta-testing {label} ({how}) on {len(idx)} {args.split} tasks x {cfg.episodes} "
+           f"episodes of {env.horizon} steps, seed {args.seed}", flush=True)
+    print_("compiling the meta-test (one time) and running it ...", flush=True)
     t0 = time.perf_counter()
     out = evaluate_run(trained, idx, cfg, seed=args.seed)
     secs = time.perf_counter() - t0
-    print(f"meta-test done in {secs:.1f} s (including compilation)", flush=True)
+    print_(f"meta-test done in {secs:.1f} s (including compilation)", flush=True)
     returns = np.asarray(out.returns)
     optimal = (np.asarray(env.optimal_return(env.params_for(np.asarray(env.task_list())[idx])))
                if env.has_oracle else None)
     success = None if out.success is None else {label: np.asarray(out.success)}
-    print(markdown(summarise({label: returns}, optimal, success),
-                   f"{trained.env_name}: {args.run}",
-                   [f"{len(idx)} {args.split} tasks; {secs:.1f} s including compilation"]))
-    if args.out:
+    print_(markdown(summarise({label: returns}, optimal, success),
+                    f"{trained.env_name}: {args.run}",
+                    [f"{len(idx)} {args.split} tasks; {secs:.1f} s including compilation"]))
+    if args.out and main:
         args.out.write_text(json.dumps({
             "run": str(args.run), "planner": args.planner, "task_index": idx.tolist(),
             "returns": returns.tolist(),
             "optimal": None if optimal is None else optimal.tolist(),
             "success": None if success is None else success[label].tolist(),
             "config": cfglib.to_dict(cfg)}, indent=1))
-        print(f"wrote {args.out}")
+        print_(f"wrote {args.out}")
     return 0

@@ -36,13 +36,14 @@ def run(args: argparse.Namespace) -> int:
 
     import dicp_envs
     from dicp_jax import stages
+    from dicp_jax.distributed import is_main
     from dicp_jax.experiment import (
         experiment_tasks,
         load_experiment,
         run_experiment,
         stage_configs,
     )
-    from dicp_jax.reporting import console
+    from dicp_jax.reporting import console, silent
 
     splits = parse_splits(args.splits)
     exp = load_experiment(args.name)
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_experiment(exp, splits=splits, force=args.force,
                        out_root=Path(args.out_root) if args.out_root else None,
-                       report=console(progress=not args.no_progress))
+                       report=(console(progress=not args.no_progress) if is_main()
+                               else silent))  # process 0 alone shows a multi-process run
     except KeyboardInterrupt:
         raise KeyboardInterrupt("interrupted: finished stages and stored chunks are kept; "
                                 "rerun the same command to continue") from None

@@ -152,15 +152,18 @@ def run(args: argparse.Namespace) -> int:
     if finished:
         print(finished)
         return 0
-    from dicp_jax.reporting import console
+    from dicp_jax.distributed import is_main
+    from dicp_jax.reporting import console, silent
     from dicp_jax.train import train
 
-    print(f"training {args.env} ({args.preset} preset, {train_cfg.steps} steps) into {out}: "
-          "loading the dataset and compiling the train step (one time) ...", flush=True)
+    main = is_main()  # in a multi-process run the other processes stay quiet
+    print_ = print if main else (lambda *a, **k: None)
+    print_(f"training {args.env} ({args.preset} preset, {train_cfg.steps} steps) into {out}: "
+           "loading the dataset and compiling the train step (one time) ...", flush=True)
     try:
         val = train(args.env, data, out, train_cfg, model_cfg, codec_cfg=codec_cfg,
                     resume=args.resume,
-                    report=console(progress=not args.no_progress))
+                    report=console(progress=not args.no_progress) if main else silent)
     except KeyboardInterrupt:
         steps = checkpoint_steps(out)
         kept = f"its checkpoint at step {steps[-1]}" if steps else "no checkpoint yet"
@@ -168,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
                                 "rerun the same command with --resume") from None
     summary = {k: v for k, v in val.items() if not isinstance(v, dict)}
     if summary:
-        print("final validation:", ", ".join(
-            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
-    print(f"wrote the run to {out} (config.json, checkpoints/, metrics.jsonl, metrics.png); "
-          f"meta-test it: dicp eval --run {out}")
+        print_("final validation:", ", ".join(
+             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    print_(f"wrote the run to {out} (config.json, checkpoints/, metrics.jsonl, metrics.png); "
+           f"meta-test it: dicp eval --run {out}")
     return 0

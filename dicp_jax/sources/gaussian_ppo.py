@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import chex
 import jax
@@ -147,6 +147,28 @@ def gaussian_loss(params: Params, mb: ppo.Batch, cfg: GaussianPPOConfig) -> Arra
 
 
 # -- the learner -------------------------------------------------------------------------------
+class Rollout(NamedTuple):
+    """What one update learns from: ``n_steps`` steps of ``S`` streams, ``[n_steps, S, ...]``."""
+
+    obs: Array  # [n_steps, S, obs_dim]: the policy's inputs
+    sampled: Array  # [n_steps, S, A]: the UNCLIPPED sampled actions
+    logp: Array  # [n_steps, S]: their behaviour log-probs
+    value: Array  # [n_steps, S]: V(obs)
+    reward: Array  # [n_steps, S]: rewards plus the time-limit bootstrap gamma V(s')
+    done: Array  # [n_steps, S] bool: the episode ended with the step
+
+
+def update(params: Params, opt_state: Any, traj: Rollout, last_obs: Array, key: Array,
+           cfg: GaussianPPOConfig) -> tuple[Params, Any]:
+    """One PPO update from a rollout (GAE from ``V(last_obs [S, obs_dim])``, then the epochs
+    of minibatch steps): the step shared by the jitted learner and the host-stepped one
+    (``dicp_jax.host.collect``), whose rollouts come from envs outside JAX."""
+    adv, ret = ppo.gae(traj.reward, traj.value, traj.done, ppo.value(params, last_obs), cfg)
+    flat = lambda x: x.reshape(cfg.batch_size, *x.shape[2:])
+    batch = ppo.Batch(flat(traj.obs), flat(traj.sampled), flat(traj.logp), flat(adv), flat(ret))
+    return ppo.update(params, opt_state, batch, key, cfg, loss_fn=gaussian_loss)
+
+
 def make_learner(env: Any, cfg: GaussianPPOConfig, dtypes: dict[str, Any]
                  ) -> Callable[[Array, Any], History]:
     """``learn(key, env_params) -> History [S, T, ...]`` (``action [S, T, action_dim]``):
@@ -180,11 +202,7 @@ def make_learner(env: Any, cfg: GaussianPPOConfig, dtypes: dict[str, Any]
 
         (obs, env_state), (rec, train) = jax.lax.scan(
             env_step, (obs, env_state), jax.random.split(key, cfg.n_steps))
-        t_obs, t_act, t_logp, t_val, t_rew, t_done = train  # [n_steps, S, ...]
-        adv, ret = ppo.gae(t_rew, t_val, t_done, ppo.value(params, obs), cfg)
-        flat = lambda x: x.reshape(cfg.batch_size, *x.shape[2:])
-        batch = ppo.Batch(flat(t_obs), flat(t_act), flat(t_logp), flat(adv), flat(ret))
-        return rec, batch, obs, env_state
+        return rec, Rollout(*train), obs, env_state
 
     def learn(key: Array, env_params: Any) -> History:
         k_init, k_reset, k_run = jax.random.split(key, 3)
@@ -194,9 +212,8 @@ def make_learner(env: Any, cfg: GaussianPPOConfig, dtypes: dict[str, Any]
         def one_update(carry, k):
             params, opt_state, obs, env_state = carry
             k_roll, k_upd = jax.random.split(k)
-            rec, batch, obs, env_state = rollout(params, obs, env_state, k_roll, env_params)
-            params, opt_state = ppo.update(params, opt_state, batch, k_upd, cfg,
-                                           loss_fn=gaussian_loss)
+            rec, traj, obs, env_state = rollout(params, obs, env_state, k_roll, env_params)
+            params, opt_state = update(params, opt_state, traj, obs, k_upd, cfg)
             return (params, opt_state, obs, env_state), rec
 
         carry = (params, opt.init(params), obs, env_state)
