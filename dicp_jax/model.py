@@ -35,9 +35,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, NamedTuple
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 EMPTY_STEP = -(2**30)  # step of an unused cache slot: never visible
@@ -144,32 +146,84 @@ def rope(x: Array, pos: Array, base: float) -> Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
+def masked_attention(q: Array, keys: list[Array], vals: list[Array], mask: Array,
+                     drop) -> Array:
+    """One softmax of q [T, H, D] over several key/value groups ([L_i, H, D] each, e.g.
+    shared caches then the new tokens) where ``mask`` [T, sum L_i]. The groups are scored
+    one by one and only their scores are joined: concatenating the keys would copy a shared
+    cache once per beam and candidate when this runs vmapped, while a shared group's scores
+    are one matmul over all of them."""
+    dt = q.dtype
+    logits = jnp.concatenate([jnp.einsum("thd,lhd->htl", q, kk.astype(dt)) for kk in keys],
+                             -1).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+    logits = jnp.where(mask[None], logits, jnp.finfo(jnp.float32).min)
+    att = drop(jax.nn.softmax(logits, axis=-1)).astype(dt)
+    bounds = np.cumsum([0] + [kk.shape[0] for kk in keys])
+    return sum(jnp.einsum("htl,lhd->thd", att[..., lo:hi], vv.astype(dt))
+               for lo, hi, vv in zip(bounds[:-1], bounds[1:], vals, strict=True))
+
+
+def banded_attention(q: Array, k: Array, v: Array, step: Array, pos: Array, n_transit: int,
+                     block: int, drop) -> Array:
+    """The visibility rule's attention over one contiguous window, computed only where it
+    can be non-zero: query i (position i) sees keys at positions in [i - 2 * n_transit, i]
+    at most, so queries in blocks of ``block`` tokens attend to their own block plus the
+    ``2 * n_transit`` keys before it: T x (block + 2 n_transit) scores instead of T x T,
+    the same softmax over the same visible keys (masked ones get exactly zero weight in
+    both). Why: training sequences of several windows spent most of their attention on
+    keys the rule masks. q, k, v [T, H, D] -> [T, H, D]; needs ``2 * n_transit % block
+    == 0`` and token i at position i (a training window)."""
+    t, h, d = q.shape
+    span = 2 * n_transit
+    chex.assert_equal(span % block, 0)
+    nb = -(-t // block)  # query blocks
+    tail = nb * block - t
+    pad = lambda a, fill: jnp.concatenate(
+        [jnp.full((span, *a.shape[1:]), fill, a.dtype), a,
+         jnp.full((tail, *a.shape[1:]), fill, a.dtype)], 0)
+    # key block b covers padded rows [b * block, b * block + span + block)
+    blocks = lambda a: jnp.concatenate(
+        [a[m * block:(m + nb) * block].reshape(nb, block, *a.shape[1:])
+         for m in range(span // block + 1)], 1)  # [nb, block + span, ...]
+    kb, vb = blocks(pad(k, 0)), blocks(pad(v, 0))
+    ks, kp = blocks(pad(step, EMPTY_STEP)), blocks(pad(pos, 0))
+    qp = lambda a, fill: jnp.concatenate([a, jnp.full((tail, *a.shape[1:]), fill, a.dtype)])
+    qb = qp(q, 0).reshape(nb, block, h, d)
+    q_step, q_pos = qp(step, 0).reshape(nb, block), qp(pos, -1).reshape(nb, block)
+    mask = jax.vmap(visible, (0, 0, 0, 0, None))(q_step, q_pos, ks, kp, n_transit)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", qb, kb).astype(jnp.float32) / jnp.sqrt(d)
+    logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
+    att = drop(jax.nn.softmax(logits, axis=-1)).astype(q.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", att, vb)  # [nb, block, H, D]
+    return out.reshape(nb * block, h, d)[:t]
+
+
 # -- modules --------------------------------------------------------------------------------------
 class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x, pos, step, caches_k, caches_v, key_step, key_pos, deterministic,
-                 branches: bool = False):
+                 branches: bool = False, band: int = 0):
         """x [T, W]; caches_k/v: this layer's cached [L, H, D] arrays (may be empty);
-        ``branches``: the T new tokens see the caches and themselves, not each other."""
+        ``branches``: the T new tokens see the caches and themselves, not each other;
+        ``band``: with no caches, attend in query blocks of this size over the keys that
+        the visibility rule can reach (``banded_attention``; token i must have position i)."""
         cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
         h = nn.LayerNorm(dtype=dt)(x)
         qkv = nn.DenseGeneral((3, cfg.n_heads, cfg.d_head), dtype=dt, name="qkv")(h)
         q, k, v = (qkv[:, i] for i in range(3))  # [T, H, D]
         q, k = rope(q, pos, cfg.rope_base), rope(k, pos, cfg.rope_base)
-        keys = jnp.concatenate([c.astype(dt) for c in caches_k] + [k], 0)  # [Lk, H, D]
-        vals = jnp.concatenate([c.astype(dt) for c in caches_v] + [v], 0)
-        logits = jnp.einsum("thd,lhd->htl", q, keys).astype(jnp.float32) / jnp.sqrt(cfg.d_head)
-        mask = visible(step, pos, key_step, key_pos, cfg.n_transit)
-        if branches:
-            n_new = x.shape[0]
-            own = jnp.eye(n_new, dtype=bool)
-            mask = jnp.concatenate([mask[:, :-n_new], mask[:, -n_new:] & own], axis=1)
-        logits = jnp.where(mask[None], logits, jnp.finfo(jnp.float32).min)
-        att = jax.nn.softmax(logits, axis=-1)
-        att = nn.Dropout(cfg.attn_dropout)(att, deterministic=deterministic).astype(dt)
-        out = jnp.einsum("htl,lhd->thd", att, vals)
+        drop = lambda att: nn.Dropout(cfg.attn_dropout)(att, deterministic=deterministic)
+        if band and not caches_k:
+            out = banded_attention(q, k, v, step, pos, cfg.n_transit, band, drop)
+        else:
+            mask = visible(step, pos, key_step, key_pos, cfg.n_transit)
+            if branches:
+                n_new = x.shape[0]
+                own = jnp.eye(n_new, dtype=bool)
+                mask = jnp.concatenate([mask[:, :-n_new], mask[:, -n_new:] & own], axis=1)
+            out = masked_attention(q, [*caches_k, k], [*caches_v, v], mask, drop)
         out = nn.DenseGeneral(cfg.width, axis=(-2, -1), dtype=dt, name="proj")(out)
         x = x + nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
         h = nn.LayerNorm(dtype=dt)(x)
@@ -200,7 +254,10 @@ class DICPTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Tokens, caches: tuple[KVCache, ...] = (),
-                 deterministic: bool = True, branches: bool = False) -> tuple[Heads, NewKV]:
+                 deterministic: bool = True, branches: bool = False,
+                 band: int = 0) -> tuple[Heads, NewKV]:
+        """``band`` > 0: ``tokens`` are one contiguous window (token i at position i), and
+        attention runs in query blocks of ``band`` tokens (``banded_attention``)."""
         cfg, codec = self.cfg, self.codec
         step = tokens.step.astype(jnp.int32)
         pos = token_pos(tokens)
@@ -211,7 +268,7 @@ class DICPTransformer(nn.Module):
         for i in range(cfg.n_layers):
             x, k, v = Block(cfg, name=f"block_{i}")(
                 x, pos, step, [c.k[i] for c in caches], [c.v[i] for c in caches],
-                key_step, key_pos, deterministic, branches)
+                key_step, key_pos, deterministic, branches, band)
             ks.append(k)
             vs.append(v)
         h = nn.LayerNorm(name="final_norm")(x).astype(jnp.float32)
@@ -222,6 +279,16 @@ class DICPTransformer(nn.Module):
             rtg=nn.Dense(1, name="rtg_head")(h)[..., 0] * codec.rtg_scale,
         )
         return heads, NewKV(jnp.stack(ks), jnp.stack(vs))
+
+
+def attention_block(n_tokens: int, n_transit: int, blocks_per_window: int = 8) -> int:
+    """Query block size for ``banded_attention`` on a window of ``n_tokens``: a divisor of
+    the reachable span (``2 * n_transit``), or 0 (full attention) where the band would not
+    be shorter than the sequence."""
+    span = 2 * n_transit
+    block = next(b for b in range(max(span // blocks_per_window, 1), span + 1)
+                 if span % b == 0)
+    return block if block + span < n_tokens else 0
 
 
 def init_params(model: DICPTransformer, key: Array, n_tokens: int | None = None):
@@ -296,6 +363,7 @@ def interleave(obs: Array, prev_reward: Array, first: Array, action: Array,
                   step=two(step.astype(jnp.int32)))
 
 
-__all__ = ["EMPTY_STEP", "DICPTransformer", "Heads", "KVCache", "ModelConfig", "NewKV",
-           "Tokens", "action_token", "branch_heads", "init_cache", "init_params", "interleave",
-           "ring_slots", "state_token", "token_dtype", "token_pos", "visible", "write_cache"]
+__all__ = ["EMPTY_STEP", "DICPTransformer", "Heads", "KVCache", "ModelConfig", "NewKV", "Tokens",
+           "action_token", "attention_block", "banded_attention", "branch_heads", "init_cache",
+           "init_params", "interleave", "masked_attention", "ring_slots", "state_token",
+           "token_dtype", "token_pos", "visible", "write_cache"]

@@ -17,6 +17,7 @@ from dicp_jax.model import (
     DICPTransformer,
     KVCache,
     ModelConfig,
+    attention_block,
     branch_heads,
     init_cache,
     init_params,
@@ -163,6 +164,31 @@ def test_window_limits_visibility(setup):
     out, _ = model.apply({"params": params}, mixed)
     start = 2 * (1 + CFG.n_layers * (CFG.n_transit - 1))
     np.testing.assert_allclose(base.obs_logits[start:], out.obs_logits[start:], atol=1e-5)
+
+
+@pytest.mark.parametrize("n_steps,block", [(14, 2), (23, 3), (30, 4)])
+def test_banded_attention_equals_full_attention(setup, n_steps, block):
+    """Training's banded attention (query blocks over the keys the window rule can reach)
+    gives the outputs and parameter gradients of full masked attention, for sequences of
+    one to several windows and lengths that are not a multiple of the block. Tolerance:
+    float32 rounding of a different summation order (relative 1e-4 on gradients)."""
+    model, params = setup
+    assert (2 * CFG.n_transit) % block == 0
+    tok = random_tokens(jax.random.PRNGKey(7), n_steps)
+    heads = jax.jit(lambda p, band: model.model.apply({"params": p}, tok, band=band)[0],
+                    static_argnums=1)
+    for a, b in zip(heads(params, 0), heads(params, block), strict=True):
+        np.testing.assert_allclose(a, b, atol=5e-5)
+
+    def grads(band):
+        f = lambda p: sum(jnp.sum(jnp.sin(x)) for x in heads(p, band))
+        return jax.jit(jax.grad(f))(params)
+
+    for a, b in zip(jax.tree.leaves(grads(0)), jax.tree.leaves(grads(block)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(a))))
+    # the block a training window gets: a divisor of the reachable span, or full attention
+    assert attention_block(2 * 400, 200) == 50 and attention_block(2 * 160, 80) == 20
+    assert attention_block(2 * 80, 80) == 0  # one window: nothing to skip
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3])

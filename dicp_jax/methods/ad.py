@@ -89,8 +89,9 @@ def loss(model, params, tokens, targets, key, lam: float, deterministic: bool = 
     w = jnp.ones(targets.reward.shape, jnp.float32) if weight is None else weight  # [B, n]
     mean = lambda x, v=w: (x * v).sum() / jnp.maximum(v.sum(), 1.0)
     keys = jax.random.split(key, targets.reward.shape[0])
+    band = backbone.attention_block(tokens.kind.shape[1], model.cfg.n_transit)
     apply = lambda t, k: model.apply({"params": params}, t, deterministic=deterministic,
-                                     rngs={"dropout": k})
+                                     rngs={"dropout": k}, band=band)
     heads, kv = jax.vmap(apply)(tokens, keys)
     s, a = slice(0, None, 2), slice(1, None, 2)  # state tokens, action tokens
     act = mean(codec.action.loss(heads.action_logits[:, s], targets.action), w * targets.imitate)
