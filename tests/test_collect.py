@@ -119,7 +119,7 @@ LAYOUTS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
+@pytest.mark.devices
 @pytest.mark.parametrize("env_name,steps,full", [("darkroom", 200, True),
                                                  ("dark_key_to_door", 100, False),
                                                  ("darkroom_permuted", 100, False)])

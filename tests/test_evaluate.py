@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 import dicp_envs
 from dicp_jax import codecs
@@ -79,6 +80,7 @@ def test_returns_match_rewards_and_envs_semantics():
     assert step[within].max() <= 1
 
 
+@pytest.mark.devices
 def test_tasks_sharded_over_four_devices_give_the_same_rollouts():
     code = textwrap.dedent("""
         import jax, numpy as np

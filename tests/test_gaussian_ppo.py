@@ -241,7 +241,7 @@ LAYOUTS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
+@pytest.mark.devices
 def test_four_devices_equal_one(tmp_path):
     """A task's history is the same on 1 device as on 4 (each device its own program),
     in another position of another chunk."""

@@ -221,6 +221,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.devices
 def test_data_parallel_matches_single_device(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
