@@ -281,13 +281,15 @@ class DICPTransformer(nn.Module):
         return heads, NewKV(jnp.stack(ks), jnp.stack(vs))
 
 
-def attention_block(n_tokens: int, n_transit: int, blocks_per_window: int = 8) -> int:
-    """Query block size for ``banded_attention`` on a window of ``n_tokens``: a divisor of
-    the reachable span (``2 * n_transit``), or 0 (full attention) where the band would not
-    be shorter than the sequence."""
+def attention_block(n_tokens: int, n_transit: int, target: int = 45) -> int:
+    """Query block size for ``banded_attention`` on a window of ``n_tokens``: the divisor
+    of the reachable span (``2 * n_transit``) nearest ``target`` tokens (smaller blocks
+    skip more masked keys but make more, smaller matmuls; ``benchmarks/bench_speedup.py``
+    and the research log have the measured trade-off), or 0 (full attention) where the
+    band would not be shorter than the sequence."""
     span = 2 * n_transit
-    block = next(b for b in range(max(span // blocks_per_window, 1), span + 1)
-                 if span % b == 0)
+    block = min((b for b in range(1, span + 1) if span % b == 0),
+                key=lambda b: (abs(b - target), -b))
     return block if block + span < n_tokens else 0
 
 

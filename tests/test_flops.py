@@ -22,3 +22,19 @@ def test_dpt_matches_table_7_and_ad_is_cheaper_with_its_cache():
 def test_search_counts_every_executed_candidate():
     assert search_calls(10, 1, 5) == (0, 5)
     assert search_calls(10, 8, 5) == (70, 5 + 7 * 50)
+
+
+def test_experiment_tables_state_each_rows_cost():
+    """An experiment's notes give every discrete row its multiply-adds per action from the
+    same cost model, and skip what it does not cover (continuous actions)."""
+    import dicp_envs
+    from dicp_jax.experiment import cost_notes, load_experiment, stage_configs
+
+    exp = load_experiment("darkroom_methods")
+    cfgs = stage_configs(exp)
+    [note] = cost_notes(exp, cfgs, dicp_envs.make(exp.env)[0])
+    dpt = [r for r in exp.rows if r.method == "dpt" and r.planner == "beam"][0]
+    want = macs_per_action("dpt", cfgs["model"], 5, cfgs["eval"][dpt.label].plan)
+    assert f"{dpt.label} {want / 1e9:.3g}G" in note
+    reach = load_experiment("reach")
+    assert cost_notes(reach, stage_configs(reach), dicp_envs.make(reach.env)[0]) == []

@@ -13,7 +13,7 @@ from types import ModuleType
 
 import dicp_jax
 
-BENCHMARKS = ("envs", "collect", "train", "planner", "distributed", "speedup")
+BENCHMARKS = ("envs", "collect", "train", "planner", "distributed", "speedup", "continuous")
 
 
 def bench_dir() -> Path:
