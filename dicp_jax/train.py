@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,7 +26,14 @@ import dicp_envs
 from dicp_jax import checkpoint as ckpt
 from dicp_jax import codecs, distributed, methods
 from dicp_jax import config as cfglib
-from dicp_jax.data import counterfactuals, gather_windows, prepare, sample_indices, to_device
+from dicp_jax.data import (
+    TrainData,
+    counterfactuals,
+    gather_windows,
+    prepare,
+    sample_indices,
+    to_device,
+)
 from dicp_jax.model import ModelConfig
 from dicp_jax.reporting import Event, Reporter, append_metrics, plot_metrics, silent
 from dicp_jax.validate import MethodValidator, Validator
@@ -230,10 +238,12 @@ def source_quality(env_name: str, meta) -> dict[int, float]:
 
 
 def load_split(env_name: str, data_dir, split_seed: int | None, min_source_return: float = 0.0,
-               keep_dropped: bool = False):
+               keep_dropped: bool = False, train_share: Callable[[int], slice] | None = None):
     """(train History, test History, split dict) of the tasks present in the dataset; train
     tasks whose source learner ended below ``min_source_return`` are left out (listed), or
-    with ``keep_dropped`` loaded after the others (``split["imitate"]``: 1 kept, 0 dropped)."""
+    with ``keep_dropped`` loaded after the others (``split["imitate"]``: 1 kept, 0 dropped).
+    ``train_share(n_train)``: load only that slice of the train histories (a process of a
+    multi-process run loads what its devices hold); the split dict still lists them all."""
     from dicp_jax.history import load_history
 
     _, meta = load_history(data_dir, env_name=env_name, task_index=None, steps=1,
@@ -257,7 +267,10 @@ def load_split(env_name: str, data_dir, split_seed: int | None, min_source_retur
                          f"{split}")
     dropped = split.get("dropped_train", []) if keep_dropped else []
     split["imitate"] = [1.0] * len(split["train"]) + [0.0] * len(dropped)
-    train_h, _ = load_history(data_dir, env_name=env_name, task_index=split["train"] + dropped)
+    train_idx = split["train"] + dropped
+    if train_share is not None:
+        train_idx = train_idx[train_share(len(train_idx))]
+    train_h, _ = load_history(data_dir, env_name=env_name, task_index=train_idx)
     test_h, _ = load_history(data_dir, env_name=env_name, task_index=split["test"])
     return train_h, test_h, split
 
@@ -286,10 +299,15 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     env = dicp_envs.make(env_name)[0]
     codec_cfg = codecs.config_type(env)() if codec_cfg is None else codec_cfg
     codec = codecs.for_env(env, codec_cfg)
+    mesh = Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
+    # a process of a multi-process run loads only the train histories its devices hold
+    share = (functools.partial(_process_tasks, mesh=mesh)
+             if histories is None and distributed.is_multi() else None)
     if histories is None:
         train_h, test_h, split = load_split(env_name, data_dir, train_cfg.split_seed,
                                             train_cfg.min_source_return,
-                                            train_cfg.dynamics_from_dropped)
+                                            train_cfg.dynamics_from_dropped,
+                                            train_share=share and (lambda n: share(n)[0]))
         if split.get("dropped_train"):
             use = ("kept for the dynamics heads only" if train_cfg.dynamics_from_dropped
                    else "left out")
@@ -304,7 +322,6 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     if train_h.action.shape[2] < seq:
         raise ValueError(f"streams of {train_h.action.shape[2]} steps are shorter than a "
                          f"training sequence ({seq} transitions)")
-    mesh = Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
     if train_cfg.batch_size % mesh.size:
         raise cfglib.ConfigError(f"batch_size={train_cfg.batch_size} must be divisible by the "
                                  f"{mesh.size} devices")
@@ -312,17 +329,30 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     ckpt.write_config(run_dir, ckpt.run_config(env_name, model_cfg, train_cfg, data_dir, split,
                                                codec_cfg))
     train_cf = test_cf = None
+    if share is None:
+        train_idx = _train_task_index(split, train_h, required=False)
+    else:  # this process's share of the train list (kept tasks, then dropped ones)
+        train_idx = (split["train"] + (split.get("dropped_train", []) if
+                                       train_cfg.dynamics_from_dropped else []))
+        train_idx = train_idx[share(len(split["imitate"]))[0]]
     if train_cfg.counterfactual > 0:
-        train_cf = counterfactuals(env_name, train_h, _train_task_index(split, train_h),
-                                   train_cfg.seed)
+        train_cf = counterfactuals(env_name, train_h, train_idx if share is not None else
+                                   _train_task_index(split, train_h), train_cfg.seed)
     # validation reports them for every run that can have them
     if "test" in split and dicp_envs.make(env_name)[0].observation_is_state:
         test_cf = counterfactuals(env_name, test_h, split["test"], train_cfg.seed + 1)
     method = methods.get(train_cfg.method)
-    train_idx = _train_task_index(split, train_h, required=False)
-    data = to_device(prepare(train_h, mesh.size, split.get("imitate"), train_cf,
-                             adapt=_adapter(method, env, train_idx)), mesh)
-    shape = tuple(train_h.action.shape[:3])  # (tasks, streams, steps)
+    if share is None:
+        data = to_device(prepare(train_h, mesh.size, split.get("imitate"), train_cf,
+                                 adapt=_adapter(method, env, train_idx)), mesh)
+        shape = tuple(train_h.action.shape[:3])  # (tasks, streams, steps)
+    else:
+        n_train = len(split["imitate"])
+        part, n_local = share(n_train)
+        local = prepare(train_h, 1, split["imitate"][part], train_cf,
+                        adapt=_adapter(method, env, train_idx))
+        data = _global_tasks(local, n_local, mesh)
+        shape = (n_train, *train_h.action.shape[1:3])  # (tasks, streams, steps)
     model = method.make_model(model_cfg, codec)
     state = init_state(model_cfg, codec, train_cfg, mesh)
     mngr = ckpt.manager(run_dir, train_cfg.keep_checkpoints)
@@ -339,6 +369,35 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     val = _loop(state, data, call, validator, mngr, train_cfg, run_dir, report)
     plot_metrics(run_dir)
     return val
+
+
+def _process_tasks(n_tasks: int, mesh: Mesh) -> tuple[slice, int]:
+    """This process's share of the ``data`` axis over ``n_tasks`` train tasks: the axis is
+    padded to a multiple of the mesh size and split into equal blocks, one per device in
+    mesh order, so a process holds the blocks of its (contiguous) devices. Returns the real
+    tasks among them and the share's padded length."""
+    mine = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+    if mine != list(range(mine[0], mine[-1] + 1)):
+        raise RuntimeError(f"process {jax.process_index()}'s devices are not contiguous in "
+                           "the data mesh")
+    block = -(-n_tasks // mesh.size)
+    first, stop = mine[0] * block, (mine[-1] + 1) * block
+    return slice(min(first, n_tasks), min(stop, n_tasks)), stop - first
+
+
+def _global_tasks(local: TrainData, n_local: int, mesh: Mesh) -> TrainData:
+    """One process's prepared tasks (zero-padded to ``n_local``) -> the global task-sharded
+    arrays; every process calls this with its own share (``_process_tasks``)."""
+    sharding = NamedSharding(mesh, P("data"))
+    n_procs = len({d.process_index for d in mesh.devices.flat})
+
+    def place(a):
+        a = np.asarray(a)
+        a = np.concatenate([a, np.zeros((n_local - a.shape[0], *a.shape[1:]), a.dtype)])
+        return jax.make_array_from_process_local_data(sharding, a,
+                                                      (n_local * n_procs, *a.shape[1:]))
+
+    return jax.tree.map(place, local)
 
 
 def _adapter(method, env, task_index):

@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     print_ = print if main else (lambda *a, **k: None)
     trained = load_run(r["run"])
     env, _ = dicp_envs.make(trained.env_name)
-    label = {"beam": "DICP", "policy": "AD"}.get(cfg.planner, cfg.planner)
+    method = trained.train_cfg.method.upper()  # the row is the run's method, planned or not
+    label = {"beam": f"DICP-{method}", "policy": method}.get(cfg.planner,
+                                                            f"{method} + {cfg.planner}")
     how = ", ".join([f"planner {cfg.planner}"]
                     + [f"{k} {v}" for k, v in cfglib.to_dict(cfg.plan).items()])
     print_(f"meta-testing {label} ({how}) on {len(idx)} {args.split} tasks x {cfg.episodes} "
