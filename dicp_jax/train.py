@@ -349,6 +349,9 @@ def train(env_name: str, data_dir, run_dir, train_cfg: TrainConfig | None = None
     else:
         n_train = len(split["imitate"])
         part, n_local = share(n_train)
+        report(Event("message", f"process {jax.process_index()} holds train tasks "
+                     f"{part.start}-{part.stop - 1} of {n_train} (loaded only those)",
+                     {"train_tasks": [part.start, part.stop], "n_train": n_train}))
         local = prepare(train_h, 1, split["imitate"][part], train_cf,
                         adapt=_adapter(method, env, train_idx))
         data = _global_tasks(local, n_local, mesh)

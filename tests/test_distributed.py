@@ -154,6 +154,10 @@ def test_training_over_two_processes_gives_the_losses_of_one_with_four_devices(p
     from dicp_jax.train import load_trained
 
     assert [rc for rc, _ in pipeline["train2"]] == [0, 0], pipeline["train2"]
+    # each process read only the histories its devices hold (process 0 reports its share:
+    # the first half of the device-padded task axis)
+    text0 = pipeline["train2"][0][1]
+    assert "process 0 holds train tasks 0-" in text0 and "(loaded only those)" in text0, text0
     root = pipeline["root"]
     one_proc, two_proc = (read_metrics(root / r) for r in ("run4", "run22"))
     # process 0 alone wrote the record: one line per call and validation, as with one
