@@ -103,7 +103,7 @@ def plan_row(n_transit: int, depth: int, repeats: int, n_tasks: int = 8) -> dict
     import numpy as np
 
     sys.path.insert(0, str(HERE.parent))
-    from bench_planner import full_context
+    from bench_planner import full_context, timed
 
     from dicp_jax import codecs
     from dicp_jax.model import DICPTransformer, ModelConfig, init_params
@@ -124,15 +124,8 @@ def plan_row(n_transit: int, depth: int, repeats: int, n_tasks: int = 8) -> dict
         return jax.vmap(lambda c, k: beam_search(wm, codec, plan, c, logits, step,
                                                  jnp.int32(depth), k))(caches, keys)
 
-    t0 = time.perf_counter()
-    compiled = jax.jit(plan_all).lower(caches, jax.random.PRNGKey(1)).compile()
-    compile_s = time.perf_counter() - t0
-    best, actions = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(caches, jax.random.PRNGKey(1)))
-        best = min(best, time.perf_counter() - t0)
-        actions = np.asarray(out).tolist()
+    compile_s, best = timed(plan_all, caches, jax.random.PRNGKey(1), repeats=repeats)
+    actions = np.asarray(jax.jit(plan_all)(caches, jax.random.PRNGKey(1))).tolist()
     return dict(n_transit=n_transit, depth=depth, beam=10, tasks=n_tasks,
                 ms_per_planned_step=1e3 * best, compile_s=compile_s, actions=actions)
 
@@ -150,6 +143,9 @@ def meta_test_rows(episodes: int, repeats: int) -> dict:
     from dicp_jax.planning.world_model import cached
     from dicp_jax.rng import task_keys
 
+    sys.path.insert(0, str(HERE.parent))
+    from bench_planner import timed
+
     env, _ = dicp_envs.make("dark_key_to_door")
     codec = codecs.for_env(env)
     mcfg = ModelConfig(n_transit=200)
@@ -165,14 +161,7 @@ def meta_test_rows(episodes: int, repeats: int) -> dict:
         cfg = EvalConfig(episodes=episodes, plan_start=0, **mode)
         evaluate = make_evaluate(env, lambda p: agent_from(cached(model, p), codec, 200),
                                  codec, cfg, 200)
-        t0 = time.perf_counter()
-        compiled = evaluate.lower(params, tasks, keys).compile()
-        compile_s = time.perf_counter() - t0
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(params, tasks, keys))
-            best = min(best, time.perf_counter() - t0)
+        compile_s, best = timed(evaluate, params, tasks, keys, repeats=repeats)
         n = len(idx) * episodes * env.horizon
         rows[name] = dict(env_steps_per_s=n / best, run_s=best, compile_s=compile_s,
                           env_steps=n)
