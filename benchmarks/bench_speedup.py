@@ -60,11 +60,10 @@ def train_row(n_transit: int, calls: int, steps_per_call: int) -> dict:
     import numpy as np
     from jax.sharding import Mesh
 
-    from dicp_jax import codecs
     from dicp_jax import config as cfglib
     from dicp_jax.data import prepare, to_device
     from dicp_jax.testing import synthetic_history
-    from dicp_jax.train import init_state, make_train_call, preset_configs
+    from dicp_jax.train import preset_configs
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     train_cfg, model_cfg = preset_configs("darkroom", "cpu")
@@ -74,27 +73,15 @@ def train_row(n_transit: int, calls: int, steps_per_call: int) -> dict:
     hist = synthetic_history("darkroom", np.arange(0, 81, 5), 4, max(1000, 2 * seq),
                              jax.random.PRNGKey(0))
     data = to_device(prepare(hist, mesh.size), mesh)
-    codec = codecs.for_name("darkroom")
-    call = make_train_call(model_cfg, codec, train_cfg, mesh, tuple(data.action.shape[:3]))
-    state = init_state(model_cfg, codec, train_cfg, mesh)
-    t0 = time.perf_counter()
-    state, metrics = call(state, data, steps_per_call)
-    jax.block_until_ready(metrics)
-    first = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        state, metrics = call(state, data, steps_per_call)
-        jax.block_until_ready(metrics)
-        best = min(best, time.perf_counter() - t0)
-    steps_s = steps_per_call / best
-    w, m, t = model_cfg.width, model_cfg.mlp, 2 * seq
-    per_token = model_cfg.n_layers * (2 * (4 * w * w + 2 * w * m) + 4 * t * w)
-    flops = 3.0 * train_cfg.batch_size * t * per_token * steps_s
-    return dict(n_transit=n_transit, batch=train_cfg.batch_size, tokens_per_step=
-                train_cfg.batch_size * t, steps_per_s=steps_s,
-                tokens_per_s=steps_s * train_cfg.batch_size * t, model_flops_per_s=flops,
-                compile_plus_first_call_s=first, loss=float(metrics["loss"]))
+    sys.path.insert(0, str(HERE.parent))
+    from bench_train import bench_config  # the train call timed as bench_train times it
+
+    row = bench_config(f"n_transit {n_transit}", train_cfg, model_cfg, data, mesh, calls)
+    return dict(n_transit=n_transit, batch=train_cfg.batch_size,
+                tokens_per_step=train_cfg.batch_size * 2 * seq,
+                steps_per_s=row["steps_per_s"], tokens_per_s=row["tokens_per_s"],
+                model_flops_per_s=row["flops_per_s"],
+                compile_plus_first_call_s=row["compile_plus_first_call_s"], loss=row["loss"])
 
 
 def plan_row(n_transit: int, depth: int, repeats: int, n_tasks: int = 8) -> dict:

@@ -178,6 +178,19 @@ def make_act(agent: Agent, codec: Any, cfg: EvalConfig, n_transit: int,
     return act
 
 
+def first_carry(agent: Agent, codec: Any, n_transit: int, obs: jax.Array, env_state: Any,
+                target: jax.Array, key: jax.Array) -> Carry:
+    """A task's carry at its first real step (``obs`` just reset; no transition yet), shared
+    by the one-jit rollout and the host loop so both start a task the same way."""
+    blank = Transition(obs, jnp.zeros(codec.action.shape, codec.action.dtype),
+                       jnp.float32(0.0), obs, jnp.array(False))
+    now = Step(obs=obs, prev_reward=jnp.float32(0.0), first=jnp.array(True),
+               step=jnp.int32(0), episode_step=jnp.int32(0), last=blank)
+    return Carry(env_state, now, jnp.int32(-n_transit - 1),
+                 empty_context(n_transit + 1, codec.obs.dim, codec.obs.dtype),
+                 agent.init(TaskInfo(target, jax.random.fold_in(key, AGENT_KEY))), key)
+
+
 def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
                  n_transit: int) -> Callable[[Any, jax.Array], Rollout]:
     """One task's meta-test: ``rollout(env_params, key) -> Rollout`` (pure, vmappable).
@@ -211,14 +224,8 @@ def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
     def rollout(params: Any, key: jax.Array) -> Rollout:
         key_reset, key = jax.random.split(key)
         obs, env_state = env.reset(key_reset, params)
-        blank = Transition(obs, jnp.zeros(codec.action.shape, codec.action.dtype),
-                           jnp.float32(0.0), obs, jnp.array(False))
-        now = Step(obs=obs, prev_reward=jnp.float32(0.0), first=jnp.array(True),
-                   step=jnp.int32(0), episode_step=jnp.int32(0), last=blank)
-        carry = Carry(env_state, now, jnp.int32(-n_transit - 1),
-                      empty_context(n_transit + 1, codec.obs.dim, codec.obs.dtype),
-                      agent.init(TaskInfo(target_return(env, params, cfg),
-                                          jax.random.fold_in(key, AGENT_KEY))), key)
+        carry = first_carry(agent, codec, n_transit, obs, env_state,
+                            target_return(env, params, cfg), key)
         _, (obs_seq, actions, rewards, success) = jax.lax.scan(
             lambda c, x: step(c, x, params), carry, None, length=n_steps)
         # Episodes end only at the horizon, so they tile the step axis exactly.

@@ -25,16 +25,14 @@ import numpy as np
 
 from dicp_jax import methods
 from dicp_jax.evaluate import (
-    AGENT_KEY,
-    Carry,
     EvalConfig,
     Rollout,
     check_env,
+    first_carry,
     make_act,
     target_return,
 )
-from dicp_jax.methods.base import Step, TaskInfo, Transition
-from dicp_jax.planning.lookups import empty_context
+from dicp_jax.methods.base import Step, Transition
 from dicp_jax.rng import task_keys
 
 
@@ -58,14 +56,8 @@ def make_host_steps(env: Any, agent_factory: Any, codec: Any, cfg: EvalConfig,
     def start_one(params, key, obs):
         agent = agent_factory(params)
         _, key = jax.random.split(key)  # the rollout's reset key (unused: the host resets)
-        blank = Transition(obs, jnp.zeros(codec.action.shape, codec.action.dtype),
-                           jnp.float32(0.0), obs, jnp.array(False))
-        now = Step(obs=obs, prev_reward=jnp.float32(0.0), first=jnp.array(True),
-                   step=jnp.int32(0), episode_step=jnp.int32(0), last=blank)
-        carry = Carry(None, now, jnp.int32(-n_transit - 1),
-                      empty_context(n_transit + 1, codec.obs.dim, codec.obs.dtype),
-                      agent.init(TaskInfo(target_return(env, None, cfg),
-                                          jax.random.fold_in(key, AGENT_KEY))), key)
+        carry = first_carry(agent, codec, n_transit, obs, None,
+                            target_return(env, None, cfg), key)
         return act(params, carry)
 
     def step_one(params, carry, action, obs, reward, done, final):
