@@ -21,7 +21,7 @@ import numpy as np
 
 import dicp_envs
 from dicp_jax import codecs
-from dicp_jax.evaluate import EvalConfig, make_rollout
+from dicp_jax.evaluate import EvalConfig, make_rollout, one_task
 from dicp_jax.methods.ad import agent_from
 from dicp_jax.planning.beam import BeamConfig
 from dicp_jax.results import markdown, summarise
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(task, key):
         wm = oracle(env, task, jnp.zeros(env.num_actions), zero_reward=True)
-        return make_rollout(env, agent_from(wm, codec, 80), codec, cfg, n_transit=80)(task, key)
+        return one_task(make_rollout(env, agent_from(wm, codec, 80), codec, cfg,
+                                     n_transit=80))(task, key)
 
     rollout = jax.jit(jax.vmap(run))
     returns, optimal = [], []

@@ -1,15 +1,17 @@
-"""The meta-test: env + model + planner in ONE jitted ``lax.scan`` over steps, vmapped over tasks.
+"""The meta-test: env + model + planner in ONE jitted ``lax.scan`` over real steps.
 
 No parameter updates: the model acts from its in-context history (across episode
 boundaries), kept by the method's *agent* (``dicp_jax.methods``) in fixed-size buffers: for
 AD a ring-buffer key/value cache of the last ``n_transit`` transitions. Each real step hands
-the agent the current observation and the transition that led to it, picks an action,
-records it with the agent, and steps the env inside the same compiled function.
+every task's agent its current observation and the transition that led to it, picks the
+actions, records them with the agents, and steps the envs inside the same compiled function.
 
 The action is the policy head's (sampled, or its mode with ``greedy``) until the planner is
-in charge (``plan_start``, ``before_reward``); from then on it is the action of the planner
-named by ``EvalConfig.planner``, taken from the registry (``dicp_jax.planning``), so the
-rollout knows no planner and a new one needs no change here.
+in charge (``plan_start``, ``before_reward``, and beyond the paper ``plan_confidence``); from
+then on it is the action of the planner named by ``EvalConfig.planner``, taken from the
+registry (``dicp_jax.planning``), so the rollout knows no planner and a new one needs no
+change here. The tasks are vmapped inside each step rather than around the whole scan, so
+the search runs only for the tasks the planner is in charge of (``make_act``).
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dicp_jax import codecs, distributed, methods, planning
 from dicp_jax import config as cfglib
-from dicp_jax import distributed, methods, planning
 from dicp_jax.config import ConfigError
 from dicp_jax.methods.base import Agent, Step, TaskInfo, Transition
 from dicp_jax.planning import PlanConfig, Situation
@@ -62,6 +65,10 @@ class EvalConfig:
     # The return an agent asks for (IDT's initial return-to-go); None: the family's oracle
     # optimal return where it has one (the paper's code), else 0.
     target_return: float | None = None
+    # Beyond the paper (adaptive planning): the planner acts only where the policy's top
+    # action has probability below this; elsewhere the policy acts and no search is run.
+    # None: wherever the planner is in charge (the paper).
+    plan_confidence: float | None = None
 
     def __post_init__(self) -> None:
         if type(self.plan) is PlanConfig and self.planner in planning.names():
@@ -84,6 +91,9 @@ class EvalConfig:
         if self.before_reward not in ("plan", "policy", "explore"):
             raise ConfigError("before_reward must be 'plan', 'policy' or 'explore', "
                               f"got {self.before_reward!r}")
+        if self.plan_confidence is not None and not 0.0 < self.plan_confidence <= 1.0:
+            raise ConfigError(f"plan_confidence must be in (0, 1] or None, got "
+                              f"{self.plan_confidence}")
         if self.plan_start is not None and self.plan_start < 0:
             raise ConfigError(f"plan_start must be >= 0 or None, got {self.plan_start}")
         if self.lookups.on and not planner.uses_scorer:
@@ -110,6 +120,7 @@ class Rollout(NamedTuple):
     obs: jax.Array | None = None  # [E * H, obs_dim]
     action: jax.Array | None = None  # [E * H] (or [E * H, action_dim])
     reward: jax.Array | None = None  # [E * H]
+    planned: jax.Array | None = None  # int32 [E]: steps of each episode the planner acted on
 
 
 class Carry(NamedTuple):
@@ -129,6 +140,11 @@ AGENT_KEY = 0x1D7
 def check_env(env: Any, cfg: EvalConfig) -> None:
     """Refuse options the env cannot support (called before any collection or training)."""
     check_lookups(env, cfg.lookups)
+    if cfg.plan_confidence is not None and not hasattr(codecs.for_env(env).action,
+                                                       "confidence"):
+        raise ConfigError("plan_confidence gates the planner on the policy's top-action "
+                          f"probability; {type(env).__name__}'s actions are continuous and "
+                          "have none: unset it")
 
 
 def target_return(env: Any, params: Any, cfg: EvalConfig) -> jax.Array:
@@ -140,17 +156,49 @@ def target_return(env: Any, params: Any, cfg: EvalConfig) -> jax.Array:
             else jnp.float32(0.0))
 
 
-def make_act(agent: Agent, codec: Any, cfg: EvalConfig, n_transit: int,
-             horizon: int) -> Callable[[Carry, jax.Array], tuple[Carry, jax.Array]]:
-    """One real step's decision for one task: ``act(carry, key) -> (carry, action)`` takes in
-    ``carry.now`` with the agent, picks the policy's or the planner's action and commits it
-    (``carry.env_state`` is not read). Shared by the one-jit rollout below and the host
-    loop of host-stepped families (``dicp_jax.host.evaluate``)."""
+class PlanInput(NamedTuple):
+    """What the planner needs of one task's real step (gathered into the planning slot)."""
+
+    cache: Any  # the real context cache, holding the current state token
+    logits: jax.Array  # [head_size]: the policy head there
+    policy_action: jax.Array
+    step: jax.Array  # int32 []
+    steps_left: jax.Array  # int32 [] >= 1
+    context: Context
+    rewarded: jax.Array  # bool []: a rewarded transition is in context
+    key: jax.Array
+
+
+def slot_sizes(n: int, adaptive: bool) -> tuple[int, ...]:
+    """The planning slot's capacities for ``n`` tasks, smallest first. Tasks go in or out of
+    planning together under ``plan_start`` (every task is at the same step), so fixed
+    planning needs "none" or "all"; a per-task gate (``before_reward="policy"``,
+    ``plan_confidence``) also gets a quarter and a half, each one more compile of the
+    planner."""
+    sizes = {0, n}
+    if adaptive:
+        sizes |= {-(-n // 4), -(-n // 2)}
+    return tuple(sorted(sizes))
+
+
+def make_act(agent: Agent, codec: Any, cfg: EvalConfig, n_transit: int, horizon: int
+             ) -> Callable[[Carry, jax.Array], tuple[Carry, jax.Array, jax.Array]]:
+    """One real step's decision for a batch of tasks: ``act(carry [B], keys [B]) -> (carry,
+    action [B], planned bool [B])`` takes in ``carry.now`` with each agent, picks the policy's
+    or the planner's action and commits it (``carry.env_state`` is not read). Shared by the
+    one-jit rollout below and the host loop of host-stepped families (``dicp_jax.host``).
+
+    The planner runs only for the tasks it is in charge of: they are gathered, best-fitting
+    first, into the smallest planning slot that holds them (``slot_sizes``; one
+    ``lax.switch``, so a step where no task plans costs no search at all), and their
+    actions are scattered back. Under ``vmap`` a per-task ``cond`` would run the search for
+    every task and select; the slot makes skipped searches actually free."""
     plan = planning.get(cfg.planner).make(agent.wm, codec, cfg.plan)
     looks = cfg.lookups
     plan_start = n_transit if cfg.plan_start is None else cfg.plan_start
 
-    def act(carry: Carry, key: jax.Array) -> tuple[Carry, jax.Array]:
+    def decide(carry: Carry, key: jax.Array) -> tuple[Any, Context, PlanInput, jax.Array]:
+        """One task up to the planner: (agent state, context, planner input, in charge)."""
         now = carry.now
         agent_state, logits, real_cache = agent.query(carry.agent, now)
         key_policy, key_plan = jax.random.split(key)
@@ -164,16 +212,49 @@ def make_act(agent: Agent, codec: Any, cfg: EvalConfig, n_transit: int,
                                now.first)
         # the context holds steps step - n_transit .. step - 1
         rewarded = carry.last_reward_step >= now.step - n_transit
-        situation = Situation(cache=real_cache, action_logits=logits,
-                              policy_action=policy_action, step=now.step,
-                              steps_left=horizon - now.episode_step,
-                              scorer=make_scorer(looks, context, rewarded))
         in_charge = now.step >= plan_start
         if cfg.before_reward == "policy":
             in_charge &= rewarded
-        action = jnp.where(in_charge, plan(situation, key_plan), policy_action)
-        agent_state = agent.commit(agent_state, now, action)
-        return carry._replace(agent=agent_state, context=context), action
+        if cfg.plan_confidence is not None:  # beyond the paper: plan where the policy hesitates
+            in_charge &= codec.action.confidence(logits) < cfg.plan_confidence
+        return agent_state, context, PlanInput(real_cache, logits, policy_action, now.step,
+                                               horizon - now.episode_step, context, rewarded,
+                                               key_plan), in_charge
+
+    def plan_one(x: PlanInput) -> jax.Array:
+        situation = Situation(cache=x.cache, action_logits=x.logits,
+                              policy_action=x.policy_action, step=x.step,
+                              steps_left=x.steps_left,
+                              scorer=make_scorer(looks, x.context, x.rewarded))
+        return plan(situation, x.key)
+
+    def planned_actions(x: PlanInput, in_charge: jax.Array) -> jax.Array:
+        n = in_charge.shape[0]
+        sizes = slot_sizes(n, cfg.plan_confidence is not None or cfg.before_reward == "policy")
+        order = jnp.argsort(~in_charge, stable=True)  # the tasks in charge first
+
+        def branch(size: int) -> Callable[[PlanInput], jax.Array]:
+            def run(x: PlanInput) -> jax.Array:
+                if size == 0:
+                    return x.policy_action
+                if size == n:
+                    return jax.vmap(plan_one)(x)
+                slot = order[:size]
+                out = jax.vmap(plan_one)(jax.tree.map(lambda a: a[slot], x))
+                return x.policy_action.at[slot].set(out)
+            return run
+
+        fits = jnp.searchsorted(jnp.asarray(sizes), in_charge.sum())  # smallest slot that fits
+        return jax.lax.switch(fits, [branch(size) for size in sizes], x)
+
+    def act(carry: Carry, keys: jax.Array) -> tuple[Carry, jax.Array, jax.Array]:
+        agent_state, context, x, in_charge = jax.vmap(decide)(carry, keys)
+        chex.assert_shape(in_charge, keys.shape[:1])
+        planned = planned_actions(x, in_charge)
+        mask = in_charge.reshape(in_charge.shape + (1,) * (planned.ndim - 1))
+        action = jnp.where(mask, planned, x.policy_action)
+        agent_state = jax.vmap(agent.commit)(agent_state, carry.now, action)
+        return carry._replace(agent=agent_state, context=context), action, in_charge
 
     return act
 
@@ -193,20 +274,20 @@ def first_carry(agent: Agent, codec: Any, n_transit: int, obs: jax.Array, env_st
 
 def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
                  n_transit: int) -> Callable[[Any, jax.Array], Rollout]:
-    """One task's meta-test: ``rollout(env_params, key) -> Rollout`` (pure, vmappable).
+    """A batch of tasks' meta-test: ``rollout(env_params [B], keys [B]) -> Rollout [B]``
+    (pure; one ``lax.scan`` over real steps, the tasks vmapped inside each step so that the
+    planner runs only for the tasks it is in charge of, ``make_act``).
 
     ``agent`` is the method's (``dicp_jax.methods``): it takes in each real step and
     returns the policy head; the planner searches from its real context with its world
-    model."""
+    model. A task's results do not depend on the batch it runs in (its own key)."""
     cfg.validate()
     check_env(env, cfg)
     act = make_act(agent, codec, cfg, n_transit, env.horizon)
     n_steps = cfg.episodes * env.horizon
     reports_success: list[bool] = []
 
-    def step(carry: Carry, _: None, params: Any):
-        key, key_act, key_env = jax.random.split(carry.key, 3)
-        carry, action = act(carry._replace(key=key), key_act)
+    def env_step(carry: Carry, action: jax.Array, key_env: jax.Array, params: Any):
         now = carry.now
         obs, env_state, reward, terminated, truncated, info = env.step(
             key_env, carry.env_state, action, params)
@@ -219,24 +300,51 @@ def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
         reports_success.append("success" in info)  # static: known while tracing
         success = info.get("success", jnp.float32(0.0)) > 0
         return (carry._replace(env_state=env_state, now=nxt, last_reward_step=last_reward_step),
-                (now.obs, action, reward, success))
+                (now.obs, reward, success))
 
-    def rollout(params: Any, key: jax.Array) -> Rollout:
+    def step(carry: Carry, _: None, params: Any):
+        key, key_act, key_env = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(
+            carry.key), 1, 0)  # [3, B, 2]
+        carry, action, planned = act(carry._replace(key=key), key_act)
+        carry, (obs, reward, success) = jax.vmap(env_step)(carry, action, key_env, params)
+        return carry, (obs, action, reward, success, planned)
+
+    def first(params: Any, key: jax.Array) -> Carry:
         key_reset, key = jax.random.split(key)
         obs, env_state = env.reset(key_reset, params)
-        carry = first_carry(agent, codec, n_transit, obs, env_state,
-                            target_return(env, params, cfg), key)
-        _, (obs_seq, actions, rewards, success) = jax.lax.scan(
+        return first_carry(agent, codec, n_transit, obs, env_state,
+                           target_return(env, params, cfg), key)
+
+    def episodes(x: jax.Array) -> jax.Array:  # [T, B, ...] -> [B, E, H, ...]
+        return jnp.moveaxis(x, 0, 1).reshape(x.shape[1], cfg.episodes, env.horizon,
+                                             *x.shape[2:])
+
+    def rollout(params: Any, keys: jax.Array) -> Rollout:
+        carry = jax.vmap(first)(params, keys)
+        _, (obs_seq, actions, rewards, success, planned) = jax.lax.scan(
             lambda c, x: step(c, x, params), carry, None, length=n_steps)
         # Episodes end only at the horizon, so they tile the step axis exactly.
-        returns = rewards.reshape(cfg.episodes, env.horizon).sum(-1)
-        episode_success = (success.reshape(cfg.episodes, env.horizon).any(-1)
-                           if reports_success[-1] else None)
+        returns = episodes(rewards).sum(-1)
+        episode_success = episodes(success).any(-1) if reports_success[-1] else None
+        planned = episodes(planned).sum(-1, dtype=jnp.int32)
         if cfg.trajectories:
-            return Rollout(returns, episode_success, obs_seq, actions, rewards)
-        return Rollout(returns, episode_success)
+            steps = lambda x: jnp.moveaxis(x, 0, 1)  # [B, T, ...]
+            return Rollout(returns, episode_success, steps(obs_seq), steps(actions),
+                           steps(rewards), planned)
+        return Rollout(returns, episode_success, planned=planned)
 
     return rollout
+
+
+def one_task(rollout: Callable[[Any, jax.Array], Rollout]) -> Callable[[Any, jax.Array], Rollout]:
+    """``make_rollout``'s batch of one as a per-task function ``(env_params, key) ->
+    Rollout`` (vmappable; under ``vmap`` the planning slot becomes a select)."""
+
+    def run(params: Any, key: jax.Array) -> Rollout:
+        out = rollout(jax.tree.map(lambda a: a[None], params), key[None])
+        return jax.tree.map(lambda a: a[0], out)
+
+    return run
 
 
 def make_evaluate(env: Any, agent_factory: Callable[[Any], Agent], codec: Any,
@@ -254,8 +362,7 @@ def make_evaluate(env: Any, agent_factory: Callable[[Any], Agent], codec: Any,
     mesh = Mesh(np.asarray(jax.devices() if devices is None else devices), ("tasks",))
 
     def per_device(model_params: Any, tasks: Any, keys: jax.Array) -> Rollout:
-        rollout = make_rollout(env, agent_factory(model_params), codec, cfg, n_transit)
-        return jax.vmap(rollout)(tasks, keys)
+        return make_rollout(env, agent_factory(model_params), codec, cfg, n_transit)(tasks, keys)
 
     return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("tasks"), P("tasks")),
                                  out_specs=P("tasks"), check_vma=False))

@@ -361,14 +361,17 @@ def run_experiment(exp: Experiment, splits: tuple[int, ...] | None = None, force
         if force and data_dir.exists() and distributed.is_main():
             shutil.rmtree(data_dir)
         distributed.barrier("dicp-experiment-data-removed")
-        which = "every" if exp.tasks is None else f"a random subset of {len(tasks)}"
+        drawn = exp.tasks is None and dicp_envs.family(exp.env).splits is not None
+        everything = exp.tasks is None and not drawn
+        which = ("every" if everything else f"the {len(tasks)} train and test" if drawn
+                 else f"a random subset of {len(tasks)}")
         _stage(report, 1, f"collecting PPO histories on {which} {exp.env} task(s) -> "
                f"{data_dir}", data_dir=str(data_dir))
         # No metadata yet: an interrupted collection, resumed chunk by chunk. Otherwise the
         # finished dataset is unusable and is replaced.
         partial = not (data_dir / "metadata.json").exists()
         collect_dataset(exp.env, data_dir, cfgs["ppo"], split="all",
-                        task_index=None if exp.tasks is None else tasks, resume=partial,
+                        task_index=None if everything else tasks, resume=partial,
                         overwrite=not partial, report=report)
         runs = out / "runs"
         old_runs = runs.exists()

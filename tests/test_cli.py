@@ -114,6 +114,7 @@ CASES = [
     (["eval", "--run", "{run}", "--beam-size", "0"], 2, "beam_size must be >= 1"),
     (["eval", "--run", "{run}", "--depth", "-2"], 2, "depth must be >= 1"),
     (["eval", "--run", "{run}", "--depth", "0"], 2, "depth must be >= 1"),
+    (["eval", "--run", "{run}", "--set", "plan_confidence=1.5"], 2, "plan_confidence must be in"),
     (["eval", "--run", "{run}", "--set", "beam_siz=3"], 2, "valid plan keys: beam_size, depth"),
     (["eval", "--run", "{run}", "--set", "bogus=1"], 2, "reward_memory"),
     (["eval", "--run", "{run}", "--set", "plan=3"], 2, "set the planner's fields by name"),

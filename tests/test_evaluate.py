@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 import dicp_envs
 from dicp_jax import codecs
+from dicp_jax.config import ConfigError
 from dicp_jax.evaluate import EvalConfig, make_evaluate
 from dicp_jax.methods.ad import agent_from
 from dicp_jax.model import DICPTransformer, ModelConfig, init_params
@@ -62,6 +64,56 @@ def test_batch_equals_each_task_alone_and_compiles_once():
     # Same shapes again: no retrace. (A new batch size is a new shape, hence one more.)
     evaluate(params, tasks, task_keys(jax.random.PRNGKey(2), idx))
     assert len(traces) == 2
+
+
+def _adaptive(env, confidence: float | None):
+    e, factory, codec, cfg, n = _parts(env, "beam", 2)
+    return make_evaluate(e, factory, codec, dataclasses.replace(cfg, plan_confidence=confidence),
+                         n)
+
+
+def test_adaptive_planning_at_always_plan_is_fixed_planning_and_at_never_the_policy():
+    """Threshold 1 (the policy is never certain here): the paper's planning, step for step.
+    A threshold below any top-action probability: no step plans, and the actions are the
+    policy's (the ``policy`` planner's rollout, same keys)."""
+    env, params, fixed, _ = _setup("beam", episodes=2)
+    _, _, policy, _ = _setup("policy", episodes=2)
+    idx = np.arange(0, 81, 10)
+    tasks = env.params_for(np.asarray(env.task_list())[idx])
+    keys = task_keys(jax.random.PRNGKey(1), idx)
+    ref = fixed(params, tasks, keys)
+    np.testing.assert_array_equal(np.asarray(ref.planned), [[env.horizon - 4, env.horizon]] * 9)
+    always = _adaptive(env, 1.0)(params, tasks, keys)
+    np.testing.assert_array_equal(np.asarray(always.action), np.asarray(ref.action))
+    np.testing.assert_array_equal(np.asarray(always.planned), np.asarray(ref.planned))
+    never = _adaptive(env, 1e-3)(params, tasks, keys)
+    assert int(np.asarray(never.planned).sum()) == 0
+    np.testing.assert_array_equal(np.asarray(never.action),
+                                  np.asarray(policy(params, tasks, keys).action))
+
+
+def test_adaptive_planning_gathers_the_hesitant_tasks_and_each_task_acts_as_alone():
+    """A threshold inside the untrained policy's confidences: some steps of some tasks plan.
+    The planning slot gathers exactly those tasks, so every task's actions and planned
+    counts equal its run alone (where the slot holds it or nothing)."""
+    env, params, _, _ = _setup("beam", episodes=2)
+    evaluate = _adaptive(env, 0.4)
+    idx = np.arange(0, 81, 10)
+    tasks = env.params_for(np.asarray(env.task_list())[idx])
+    keys = task_keys(jax.random.PRNGKey(1), idx)
+    batch = evaluate(params, tasks, keys)
+    planned = np.asarray(batch.planned)
+    assert 0 < planned.sum() < 9 * (2 * env.horizon - 4), planned
+    assert (planned.sum(-1) < 2 * env.horizon - 4).all()
+    for i in (0, 1, 8):
+        one = evaluate(params, jax.tree.map(lambda x, i=i: x[i:i + 1], tasks), keys[i:i + 1])
+        np.testing.assert_array_equal(np.asarray(one.action[0]), np.asarray(batch.action[i]))
+        np.testing.assert_array_equal(np.asarray(one.planned[0]), planned[i])
+
+
+def test_plan_confidence_is_checked():
+    with pytest.raises(ConfigError, match="plan_confidence"):
+        EvalConfig(plan_confidence=1.5).validate()
 
 
 def test_returns_match_rewards_and_envs_semantics():

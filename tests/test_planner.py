@@ -13,7 +13,7 @@ import pytest
 import dicp_envs
 from dicp_jax import codecs, planning, stages
 from dicp_jax.config import ConfigError
-from dicp_jax.evaluate import EvalConfig, make_evaluate, make_rollout
+from dicp_jax.evaluate import EvalConfig, make_evaluate, make_rollout, one_task
 from dicp_jax.methods.ad import agent_from
 from dicp_jax.model import DICPTransformer, ModelConfig, init_params, state_token
 from dicp_jax.planning import PlanConfig
@@ -35,8 +35,8 @@ def oracle_returns(env, tasks, plan: BeamConfig, episodes: int = 1, zero_reward=
 
     def run(task, model_task, key):
         wm = oracle(env, model_task, FIXED_PREFERENCE, zero_reward=zero_reward)
-        return make_rollout(env, agent_from(wm, codec, 4 * env.horizon), codec, cfg,
-                            n_transit=4 * env.horizon)(task, key)
+        return one_task(make_rollout(env, agent_from(wm, codec, 4 * env.horizon), codec, cfg,
+                                     n_transit=4 * env.horizon))(task, key)
 
     n = jax.tree.leaves(tasks)[0].shape[0]
     keys = jax.random.split(jax.random.PRNGKey(0), n)
@@ -103,8 +103,8 @@ def test_cached_and_uncached_planning_choose_the_same_actions(before_reward, mem
                      plan=BeamConfig(beam_size=4, depth=3, greedy=False))
     task = jax.tree.map(lambda x: x[0], env.params_for(np.array([[6, 3]])))
     key = jax.random.PRNGKey(7)
-    runs = [jax.jit(make_rollout(env, agent_from(wm, codec, mcfg.n_transit), codec, cfg,
-                                 mcfg.n_transit))(task, key)
+    runs = [jax.jit(one_task(make_rollout(env, agent_from(wm, codec, mcfg.n_transit), codec,
+                                          cfg, mcfg.n_transit)))(task, key)
             for wm in (cached(model, params), uncached(model, params))]
     np.testing.assert_array_equal(np.asarray(runs[0].action), np.asarray(runs[1].action))
     np.testing.assert_array_equal(np.asarray(runs[0].obs), np.asarray(runs[1].obs))

@@ -41,6 +41,10 @@ class Classified:
     def sample(self, key: Array, head: Array) -> Array:
         return self.from_class(jax.random.categorical(key, head))
 
+    def confidence(self, head: Array) -> Array:
+        """The top class's probability (adaptive planning's gate)."""
+        return jax.nn.softmax(head.astype(jnp.float32), -1).max(-1)
+
 
 @dataclasses.dataclass(frozen=True)
 class GridObs(Classified):

@@ -13,7 +13,8 @@ from types import ModuleType
 
 import dicp_jax
 
-BENCHMARKS = ("envs", "collect", "train", "planner", "distributed", "speedup", "continuous")
+BENCHMARKS = ("envs", "collect", "train", "planner", "distributed", "speedup", "continuous",
+              "adaptive")
 
 
 def bench_dir() -> Path:

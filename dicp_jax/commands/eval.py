@@ -115,15 +115,20 @@ def run(args: argparse.Namespace) -> int:
     optimal = (np.asarray(env.optimal_return(env.params_for(np.asarray(env.task_list())[idx])))
                if env.has_oracle else None)
     success = None if out.success is None else {label: np.asarray(out.success)}
+    planned = None if out.planned is None else np.asarray(out.planned)
+    notes = [f"{len(idx)} {args.split} tasks; {secs:.1f} s including compilation"]
+    if planned is not None and cfg.planner != "policy":
+        notes.append(f"the planner acted on {planned.sum() / planned.size / env.horizon:.0%} "
+                     "of real steps")
     print_(markdown(summarise({label: returns}, optimal, success),
-                    f"{trained.env_name}: {args.run}",
-                    [f"{len(idx)} {args.split} tasks; {secs:.1f} s including compilation"]))
+                    f"{trained.env_name}: {args.run}", notes))
     if args.out and main:
         args.out.write_text(json.dumps({
             "run": str(args.run), "planner": args.planner, "task_index": idx.tolist(),
             "returns": returns.tolist(),
             "optimal": None if optimal is None else optimal.tolist(),
             "success": None if success is None else success[label].tolist(),
+            "planned": None if planned is None else planned.tolist(),
             "config": cfglib.to_dict(cfg)}, indent=1))
         print_(f"wrote {args.out}")
     return 0

@@ -50,28 +50,35 @@ def make_host_steps(env: Any, agent_factory: Any, codec: Any, cfg: EvalConfig,
 
     def act(params, carry):
         step_act = make_act(agent_factory(params), codec, cfg, n_transit, env.horizon)
-        key, key_act, _ = jax.random.split(carry.key, 3)  # as the rollout: act, env keys
-        return step_act(carry._replace(key=key), key_act)
+        # as the rollout: each task's key splits into (next, act, env) keys
+        key, key_act, _ = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(
+            carry.key), 1, 0)
+        carry, action, _ = step_act(carry._replace(key=key), key_act)
+        return carry, action
 
     def start_one(params, key, obs):
         agent = agent_factory(params)
         _, key = jax.random.split(key)  # the rollout's reset key (unused: the host resets)
-        carry = first_carry(agent, codec, n_transit, obs, None,
-                            target_return(env, None, cfg), key)
-        return act(params, carry)
+        return first_carry(agent, codec, n_transit, obs, None,
+                           target_return(env, None, cfg), key)
 
-    def step_one(params, carry, action, obs, reward, done, final):
+    def take_in(carry, action, obs, reward, done, final):
         now = carry.now
         last = Transition(now.obs, action, reward, final, done)
         nxt = Step(obs=obs, prev_reward=reward, first=done, step=now.step + 1,
                    episode_step=jnp.where(done, 0, now.episode_step + 1), last=last)
-        carry = carry._replace(now=nxt, last_reward_step=jnp.where(
+        return carry._replace(now=nxt, last_reward_step=jnp.where(
             reward > 0, now.step, carry.last_reward_step))
+
+    def start_all(params, keys, obs):
+        return act(params, jax.vmap(start_one, in_axes=(None, 0, 0))(params, keys, obs))
+
+    def step_all(params, carry, action, obs, reward, done, final):
+        carry = jax.vmap(take_in, in_axes=(0, 0, 0, 0, None, 0))(carry, action, obs, reward,
+                                                                 done, final)
         return act(params, carry)
 
-    start = jax.jit(jax.vmap(start_one, in_axes=(None, 0, 0)))
-    step = jax.jit(jax.vmap(step_one, in_axes=(None, 0, 0, 0, 0, None, 0)))
-    return start, step
+    return jax.jit(start_all), jax.jit(step_all)
 
 
 def evaluate_host(trained: Any, env: Any, task_index: Any, cfg: EvalConfig, seed: int = 0,
