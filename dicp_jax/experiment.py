@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 SOURCE_LABEL = "PPO"  # the row of the source learner's own episodes, always reported
 SUCCESS = "#success"  # suffix of a row's per-episode success, where the env reports it
+PLANNED = "#planned"  # suffix of a row's steps per episode the planner acted on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,6 +473,8 @@ def _evaluate_split(exp: Experiment, cfgs: Mapping[str, Any], seed: int, run_dir
             stored[key] = np.asarray(out.returns)
             if out.success is not None:  # envs reporting success (stored beside returns)
                 stored[key + SUCCESS] = np.asarray(out.success)
+            if out.planned is not None:  # the one-jit rollout counts them
+                stored[key + PLANNED] = np.asarray(out.planned)
             secs = time.perf_counter() - t0
             last = stored[key][:, -10:].mean(1)
             frac = None if optimal is None else float((last / optimal).mean())
@@ -483,13 +486,14 @@ def _evaluate_split(exp: Experiment, cfgs: Mapping[str, Any], seed: int, run_dir
                          {"split": seed, "row": row.label, "seconds": secs,
                           "last10_return": float(last.mean()), "last10_fraction": frac}))
         results[row.label] = stored[key]
-        if key + SUCCESS in stored:
-            results[row.label + SUCCESS] = stored[key + SUCCESS]
+        for suffix in (SUCCESS, PLANNED):
+            if key + suffix in stored:
+                results[row.label + suffix] = stored[key + suffix]
     _, meta = load_history(data_dir, env_name=exp.env, task_index=idx, streams=[0], steps=1)
     results[SOURCE_LABEL] = np.asarray(meta.episode_returns, np.float64)
     names = {f"row_{hashlib.sha1(k.encode()).hexdigest()[:16]}": k for k in keys.values()}
-    names |= {f"{name}_success": k + SUCCESS for name, k in names.items()
-              if k + SUCCESS in stored}
+    names |= {f"{name}_{suffix[1:]}": k + suffix for name, k in names.items()
+              for suffix in (SUCCESS, PLANNED) if k + suffix in stored}
     if distributed.is_main():  # process 0 alone writes shared files
         np.savez(cache, keys=json.dumps(names, sort_keys=True), task_index=idx,
                  **{name: stored[k] for name, k in names.items()})
@@ -531,10 +535,13 @@ def result_notes(exp: Experiment, n_tasks: int, splits: Sequence[int], with_opti
     return notes
 
 
-def cost_notes(exp: Experiment, cfgs: Mapping[str, Any], env: Any) -> list[str]:
+def cost_notes(exp: Experiment, cfgs: Mapping[str, Any], env: Any,
+               planned_share: Mapping[str, float] | None = None) -> list[str]:
     """Multiply-adds per action of each row, counted as the meta-test executes them
     (``dicp_jax.flops``, the unit of the paper's Table 7), where a cost model covers the
-    row's method and planner (discrete actions; the policy head or the beam search)."""
+    row's method and planner (discrete actions; the policy head or the beam search). With
+    a row's measured share of steps the search ran on (``planned_share``), its mean per
+    action beside the cost of a searched step; without it, a search at every step."""
     from dicp_jax import codecs
     from dicp_jax.flops import macs_per_action
 
@@ -548,9 +555,16 @@ def cost_notes(exp: Experiment, cfgs: Mapping[str, Any], env: Any) -> list[str]:
         try:
             macs = macs_per_action(row.method, cfgs["model"], int(n_actions),
                                    plan if row.planner == "beam" else None)
+            policy = macs_per_action(row.method, cfgs["model"], int(n_actions))
         except ValueError:  # no cost model for this method
             continue
-        costs.append(f"{row.label} {_si(macs)}")
+        share = (planned_share or {}).get(row.label)
+        if row.planner == "beam" and share is not None:
+            mean = share * macs + (1 - share) * policy
+            costs.append(f"{row.label} {_si(mean)} (searched on {share:.0%} of steps, "
+                         f"{_si(macs)} per searched step)")
+        else:
+            costs.append(f"{row.label} {_si(macs)}")
     return ([f"Multiply-adds per action, as executed (dicp_jax.flops): {'; '.join(costs)}."]
             if costs else [])
 
@@ -574,11 +588,13 @@ def _report(exp: Experiment, out: Path, per_split: list[dict], env: Any,
     success = {m: np.concatenate([r[m + SUCCESS] for r in per_split]) for m in labels
                if all(m + SUCCESS in r for r in per_split)}
     rows = summarise(pooled, optimal, success or None)
+    planned_share = {m: float(np.mean([r[m + PLANNED].mean() for r in per_split])) / env.horizon
+                     for m in labels if all(m + PLANNED in r for r in per_split)}
     if not distributed.is_main():  # process 0 alone writes and shows the results
         return out
     write_csv(rows, out / "results.csv")
     notes = result_notes(exp, n_tasks, splits, with_optimal, cfgs["ppo"].n_streams)
-    notes += cost_notes(exp, cfgs, env)
+    notes += cost_notes(exp, cfgs, env, planned_share)
     title = f"{exp.name}: meta-test return on held-out tasks"
     (out / "results.md").write_text(markdown(rows, title, notes))
     plot(pooled, optimal, out / "returns.png", title, env.horizon,

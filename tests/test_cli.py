@@ -285,3 +285,14 @@ def test_a_tiny_collection_has_train_and_test_tasks():
     label, idx = select_tasks("darkroom", "train", 4)
     assert label == "train" and idx.tolist() == dicp_envs.split_indices("darkroom",
                                                                         "train")[:4].tolist()
+
+
+def test_eval_reports_the_planned_share_and_its_multiply_adds(world, capsys, tmp_path):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--run", str(world["run"]), "--episodes", "1", "--tasks", "2",
+                 "--depth", "2", "--beam-size", "2", "--set", "plan_start=0", "--set",
+                 "plan_confidence=1.0", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "the planner acted on 100% of real steps" in text
+    assert "multiply-adds per action:" in text and "on a searched step" in text
+    assert json.loads(out.read_text())["planned"] == [[20], [20]]

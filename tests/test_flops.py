@@ -36,5 +36,11 @@ def test_experiment_tables_state_each_rows_cost():
     dpt = [r for r in exp.rows if r.method == "dpt" and r.planner == "beam"][0]
     want = macs_per_action("dpt", cfgs["model"], 5, cfgs["eval"][dpt.label].plan)
     assert f"{dpt.label} {want / 1e9:.3g}G" in note
+    # with the share of steps the search ran on, the mean per action comes first
+    policy = macs_per_action("dpt", cfgs["model"], 5)
+    [note] = cost_notes(exp, cfgs, dicp_envs.make(exp.env)[0], {dpt.label: 0.25})
+    mean = 0.25 * want + 0.75 * policy
+    assert (f"{dpt.label} {mean / 1e6:.3g}M (searched on 25% of steps, {want / 1e9:.3g}G per "
+            "searched step)") in note
     reach = load_experiment("reach")
     assert cost_notes(reach, stage_configs(reach), dicp_envs.make(reach.env)[0]) == []

@@ -118,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
     planned = None if out.planned is None else np.asarray(out.planned)
     notes = [f"{len(idx)} {args.split} tasks; {secs:.1f} s including compilation"]
     if planned is not None and cfg.planner != "policy":
-        notes.append(f"the planner acted on {planned.sum() / planned.size / env.horizon:.0%} "
-                     "of real steps")
+        share = float(planned.sum() / planned.size / env.horizon)
+        notes.append(f"the planner acted on {share:.0%} of real steps")
+        notes += _macs_note(trained, cfg, share)
     print_(markdown(summarise({label: returns}, optimal, success),
                     f"{trained.env_name}: {args.run}", notes))
     if args.out and main:
@@ -132,3 +133,22 @@ def run(args: argparse.Namespace) -> int:
             "config": cfglib.to_dict(cfg)}, indent=1))
         print_(f"wrote {args.out}")
     return 0
+
+
+def _macs_note(trained, cfg, share: float) -> list[str]:
+    """Multiply-adds per action as executed (``dicp_jax.flops``, Table 7's unit), where a
+    cost model covers the run's method and the planner (discrete actions, beam search)."""
+    from dicp_jax.flops import macs_per_action
+
+    n_actions = getattr(trained.codec.action, "n", None)
+    if cfg.planner != "beam" or n_actions is None:
+        return []
+    method, model_cfg = trained.train_cfg.method, trained.model_cfg
+    try:
+        search = macs_per_action(method, model_cfg, int(n_actions), cfg.plan)
+        policy = macs_per_action(method, model_cfg, int(n_actions))
+    except ValueError:  # no cost model for this method
+        return []
+    mean = share * search + (1 - share) * policy
+    return [f"multiply-adds per action: {mean / 1e6:.3g}M on average ({search / 1e6:.3g}M on "
+            f"a searched step, {policy / 1e6:.3g}M on a policy step)"]
