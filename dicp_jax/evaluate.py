@@ -188,17 +188,18 @@ def make_act(agent: Agent, codec: Any, cfg: EvalConfig, n_transit: int, horizon:
     or the planner's action and commits it (``carry.env_state`` is not read). Shared by the
     one-jit rollout below and the host loop of host-stepped families (``dicp_jax.host``).
 
-    The planner runs only for the tasks it is in charge of: they are gathered, best-fitting
-    first, into the smallest planning slot that holds them (``slot_sizes``; one
+    The planner runs only for the tasks it is in charge of: they are gathered into the
+    smallest planning slot that holds them (``slot_sizes``; one
     ``lax.switch``, so a step where no task plans costs no search at all), and their
     actions are scattered back. Under ``vmap`` a per-task ``cond`` would run the search for
     every task and select; the slot makes skipped searches actually free."""
-    plan = planning.get(cfg.planner).make(agent.wm, codec, cfg.plan)
+    planner = planning.get(cfg.planner)
+    plan = planner.make(agent.wm, codec, cfg.plan)
     looks = cfg.lookups
     plan_start = n_transit if cfg.plan_start is None else cfg.plan_start
 
-    def decide(carry: Carry, key: jax.Array) -> tuple[Any, Context, PlanInput, jax.Array]:
-        """One task up to the planner: (agent state, context, planner input, in charge)."""
+    def decide(carry: Carry, key: jax.Array) -> tuple[Any, PlanInput, jax.Array]:
+        """One task up to the planner: (agent state, planner input, in charge)."""
         now = carry.now
         agent_state, logits, real_cache = agent.query(carry.agent, now)
         key_policy, key_plan = jax.random.split(key)
@@ -215,11 +216,13 @@ def make_act(agent: Agent, codec: Any, cfg: EvalConfig, n_transit: int, horizon:
         in_charge = now.step >= plan_start
         if cfg.before_reward == "policy":
             in_charge &= rewarded
+        if planner.acts is not None:  # the steps the planner itself acts on
+            in_charge &= planner.acts(cfg.plan, horizon - now.episode_step)
         if cfg.plan_confidence is not None:  # beyond the paper: plan where the policy hesitates
             in_charge &= codec.action.confidence(logits) < cfg.plan_confidence
-        return agent_state, context, PlanInput(real_cache, logits, policy_action, now.step,
-                                               horizon - now.episode_step, context, rewarded,
-                                               key_plan), in_charge
+        return agent_state, PlanInput(real_cache, logits, policy_action, now.step,
+                                      horizon - now.episode_step, context, rewarded,
+                                      key_plan), in_charge
 
     def plan_one(x: PlanInput) -> jax.Array:
         situation = Situation(cache=x.cache, action_logits=x.logits,
@@ -248,13 +251,13 @@ def make_act(agent: Agent, codec: Any, cfg: EvalConfig, n_transit: int, horizon:
         return jax.lax.switch(fits, [branch(size) for size in sizes], x)
 
     def act(carry: Carry, keys: jax.Array) -> tuple[Carry, jax.Array, jax.Array]:
-        agent_state, context, x, in_charge = jax.vmap(decide)(carry, keys)
+        agent_state, x, in_charge = jax.vmap(decide)(carry, keys)
         chex.assert_shape(in_charge, keys.shape[:1])
         planned = planned_actions(x, in_charge)
         mask = in_charge.reshape(in_charge.shape + (1,) * (planned.ndim - 1))
         action = jnp.where(mask, planned, x.policy_action)
         agent_state = jax.vmap(agent.commit)(agent_state, carry.now, action)
-        return carry._replace(agent=agent_state, context=context), action, in_charge
+        return carry._replace(agent=agent_state, context=x.context), action, in_charge
 
     return act
 

@@ -40,13 +40,14 @@ def summarise(returns: Mapping[str, np.ndarray], optimal: np.ndarray | None = No
     successful episodes, and the paper code's cumulative rate: the fraction of tasks that
     succeeded in any episode up to the column's last one (what its Meta-World table shows)."""
     rows = []
+    # a band cut by the table's last episode is named by it (30 episodes: "ep 26-30")
+    longest = max(np.shape(ret)[1] for ret in returns.values())
     for method, ret in returns.items():
         ret = np.asarray(ret, np.float64)
         ok = None if success is None or method not in success else (
             np.asarray(success[method], np.float64))
         n_ep = ret.shape[1]
-        cols = [(f"ep {a}-{b}", a, b) for a, b in BANDS if a <= n_ep]
-        cols = [(name, a, min(b, n_ep)) for name, a, b in cols]
+        cols = [(f"ep {a}-{min(b, longest)}", a, min(b, n_ep)) for a, b in BANDS if a <= n_ep]
         cols += [(f"ep {p}", p, p) for p in POINTS if p <= n_ep]
         for name, a, b in cols:
             per_task = ret[:, a - 1 : b].mean(1)

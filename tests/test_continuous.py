@@ -342,13 +342,17 @@ def test_deeper_search_finds_a_reward_one_imagined_step_later():
 
 
 def test_plans_only_in_the_last_steps_of_an_episode():
-    """The paper's code plans at in-episode steps 51..99 of 100: 49 steps left or fewer."""
+    """The paper's code plans at in-episode steps 51..99 of 100: 49 steps left or fewer.
+    The planner declares it (``acts``), so the rollout runs no search elsewhere."""
     wm = point_oracle(P0 + 100.0, ROOT_HEAD)
-    plan = planning.get("sampled").make(wm, CODEC, SampledConfig())
+    sampled = planning.get("sampled")
+    plan = sampled.make(wm, CODEC, SampledConfig())
     policy = jnp.array([0.7, 0.7])
     act = jax.jit(lambda left: plan(situation(wm, left, policy), jax.random.PRNGKey(0)))
-    np.testing.assert_array_equal(act(50), policy)
     np.testing.assert_array_equal(act(49), ROOT_HEAD[:2])
+    assert not sampled.acts(SampledConfig(), jnp.int32(50))
+    assert sampled.acts(SampledConfig(), jnp.int32(49))
+    assert sampled.acts(SampledConfig(plan_last_steps=None), jnp.int32(100))
     assert SampledConfig() == planning.get("sampled").config()
     assert (SampledConfig().candidates, SampledConfig().depth) == (10, 1)
     for bad in (dict(candidates=0), dict(depth=0), dict(keep=0), dict(plan_last_steps=0)):
@@ -380,3 +384,25 @@ def test_sampled_planner_on_the_model_cached_equals_uncached(model_params):
     np.testing.assert_allclose(a.reward, b.reward, atol=1e-5)
     np.testing.assert_allclose(a.action, b.action, atol=1e-6)
     assert a.action.shape == (ACTION_DIM,) and a.candidates.shape == (10, ACTION_DIM)
+
+
+def test_the_brax_rollout_searches_only_in_the_sampled_planners_window():
+    """From step 0, the sampled planner acts on the last 49 steps of each 100-step Reach
+    episode and nowhere else (the rollout's planning slot skips the rest)."""
+    import dicp_envs
+    from dicp_jax.evaluate import EvalConfig, make_evaluate
+    from dicp_jax.methods.ad import agent_from
+    from dicp_jax.rng import task_keys
+
+    env, _ = dicp_envs.make("reach")
+    codec = codecs.for_env(env)
+    mcfg = ModelConfig(n_transit=8, width=16, n_layers=1, n_heads=2, mlp=32)
+    model = DICPTransformer(mcfg, codec)
+    params = init_params(model, jax.random.PRNGKey(0))
+    cfg = EvalConfig(episodes=1, planner="sampled", plan_start=0)
+    evaluate = make_evaluate(env, lambda p: agent_from(cached(model, p), codec, 8), codec, cfg,
+                             8)
+    idx = np.arange(2)
+    out = evaluate(params, env.params_for(np.asarray(env.task_list())[idx]),
+                   task_keys(jax.random.PRNGKey(0), idx))
+    np.testing.assert_array_equal(np.asarray(out.planned), [[49], [49]])

@@ -107,7 +107,7 @@ def test_table_and_plot(tmp_path):
     returns = {"DICP": np.array([[0, 10, 20], [0, 5, 10.0]]), "AD": np.zeros((2, 3))}
     optimal = np.array([20.0, 10.0])
     rows = summarise(returns, optimal)
-    row = next(r for r in rows if r["method"] == "DICP" and r["column"] == "ep 1-5")
+    row = next(r for r in rows if r["method"] == "DICP" and r["column"] == "ep 1-3")
     assert row["last_episode"] == 3 and row["n_tasks"] == 2
     assert row["mean_return"] == pytest.approx((10 + 5) / 2)
     assert row["mean_fraction"] == pytest.approx(0.5)
@@ -116,7 +116,7 @@ def test_table_and_plot(tmp_path):
     # A method with more episodes adds columns; bands stay before points, in episode order.
     longer = markdown(summarise({**returns, "PPO": np.ones((2, 12))}, optimal), "t")
     header = longer.splitlines()[2]
-    assert header == "| method | ep 1-5 | ep 6-10 | ep 11-25 | ep 1 | ep 10 |"
+    assert header == "| method | ep 1-5 | ep 6-10 | ep 11-12 | ep 1 | ep 10 |"
     plot(returns, optimal, tmp_path / "p.png", "t", 20, reference={"paper": {1: 3.0}})
     assert (tmp_path / "p.png").stat().st_size > 1000
 
@@ -130,7 +130,7 @@ def test_table_without_an_optimal_return_or_with_success_rates(tmp_path):
     assert "| DICP | 7.50 ± 2.50 |" in markdown(plain, "t")
     success = {"DICP": np.array([[0, 1, 1], [0, 0, 1]], bool)}
     rows = summarise(returns, success=success)
-    row = next(r for r in rows if r["method"] == "DICP" and r["column"] == "ep 1-5")
+    row = next(r for r in rows if r["method"] == "DICP" and r["column"] == "ep 1-3")
     assert row["mean_success"] == pytest.approx(0.5)
     assert row["cumulative_success"] == pytest.approx(1.0)  # both tasks succeeded by ep 3
     table = markdown(rows, "t")

@@ -18,7 +18,8 @@ A planner that reads ``now.scorer`` declares ``uses_scorer=True``; the look-ups 
 for one that does not, where they would do nothing.
 
 The rollout (``dicp_jax.evaluate``) decides *when* a planner's action replaces the
-policy's (``plan_start``, ``before_reward``); a planner only decides *which* action. Adding
+policy's (``plan_start``, ``before_reward``, ``plan_confidence``), narrowed by the steps a
+planner declares it acts on (``Planner.acts``); a planner only decides *which* action. Adding
 a planner is a new module with its config and ``make`` plus one ``register`` line in
 ``planning/__init__.py`` (tests may register one of their own).
 """
@@ -88,6 +89,9 @@ class Planner:
     make: Callable[[WorldModel, Any, Any], PlanFn]  # (wm, codec, cfg) -> plan
     summary: str  # one line for ``dicp list planners`` and result notes
     uses_scorer: bool = False  # plan() reads ``now.scorer``, so the look-ups can apply
+    # (cfg, steps_left int32 []) -> bool []: the steps this planner acts on at all (None:
+    # wherever the rollout puts it in charge); elsewhere the policy acts and no search runs.
+    acts: Callable[[Any, jax.Array], jax.Array] | None = None
 
 
 PLANNERS = Registry("planner")

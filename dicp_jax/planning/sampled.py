@@ -19,8 +19,8 @@ anywhere the planner takes the policy's mean.
 
 The paper's code plans only in the second half of each 100-step episode (in-episode steps
 51 to 99, once the context is full: the rollout's ``plan_start``); ``plan_last_steps`` is
-that rule in the planner's terms (``Situation.steps_left``); elsewhere it returns the
-rollout's policy action (a sample, as the paper's code acts).
+that rule in the planner's terms (``acts``, on ``Situation.steps_left``); elsewhere the
+rollout runs no search and takes the policy's action (a sample, as the paper's code acts).
 """
 
 from __future__ import annotations
@@ -174,18 +174,22 @@ def make(wm: WorldModel, codec: Any, cfg: SampledConfig) -> PlanFn:
                           "predict the next observation (predict_next_obs=False): use depth=1")
 
     def plan(now: Situation, key: jax.Array) -> jax.Array:
-        action = sampled_search(wm, codec, cfg, now.cache, now.action_logits, now.step,
-                                now.steps_left, key).action
-        if cfg.plan_last_steps is None:
-            return action
-        return jnp.where(now.steps_left <= cfg.plan_last_steps, action, now.policy_action)
+        return sampled_search(wm, codec, cfg, now.cache, now.action_logits, now.step,
+                              now.steps_left, key).action
 
     return plan
 
 
+def acts(cfg: SampledConfig, steps_left: jax.Array) -> jax.Array:
+    """The paper code's window: the last ``plan_last_steps`` steps of an episode."""
+    if cfg.plan_last_steps is None:
+        return jnp.array(True)
+    return steps_left <= cfg.plan_last_steps
+
+
 PLANNER = Planner("sampled", SampledConfig, make, "the policy's mean plus sampled actions, "
                   "scored by the in-context world model's predicted reward: DICP for "
-                  "continuous actions (the paper's code)")
+                  "continuous actions (the paper's code)", acts=acts)
 
-__all__ = ["PLANNER", "Outcome", "Plans", "SampledConfig", "Searched", "draw", "make",
+__all__ = ["PLANNER", "Outcome", "Plans", "SampledConfig", "Searched", "acts", "draw", "make",
            "outcomes", "sampled_search"]
