@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             planned.append(np.asarray(out.planned))
         returns, planned = np.concatenate(returns), np.concatenate(planned)
         share = float(planned.sum() / planned.size / env.horizon)
-        macs = share * search_macs + (1 - share) * policy_macs
+        macs = macs_per_action(method, model_cfg, n_actions, base.plan, share)
         per_seed_s = run_s / max(1, len(args.seeds) - 1)
         row = {"setting": label, "plan_confidence": cfg.plan_confidence,
                "bands": band_stats(returns),

@@ -555,12 +555,11 @@ def cost_notes(exp: Experiment, cfgs: Mapping[str, Any], env: Any,
         try:
             macs = macs_per_action(row.method, cfgs["model"], int(n_actions),
                                    plan if row.planner == "beam" else None)
-            policy = macs_per_action(row.method, cfgs["model"], int(n_actions))
         except ValueError:  # no cost model for this method
             continue
         share = (planned_share or {}).get(row.label)
         if row.planner == "beam" and share is not None:
-            mean = share * macs + (1 - share) * policy
+            mean = macs_per_action(row.method, cfgs["model"], int(n_actions), plan, share)
             costs.append(f"{row.label} {_si(mean)} (searched on {share:.0%} of steps, "
                          f"{_si(macs)} per searched step)")
         else:

@@ -43,9 +43,10 @@ def search_calls(beam_size: int, depth: int, n_actions: int) -> tuple[int, int]:
 
 
 def macs_per_action(method: str, cfg: ModelConfig, n_actions: int,
-                    plan: Any = None) -> int:
-    """Multiply-adds per real action; ``plan`` is a ``BeamConfig`` (beam search at every
-    step) or None (the policy head alone)."""
+                    plan: Any = None, planned_share: float = 1.0) -> float:
+    """Multiply-adds per real action; ``plan`` is a ``BeamConfig`` (beam search on a
+    ``planned_share`` of the steps, every step by default) or None (the policy head alone).
+    The policy head runs at every step either way."""
     n = cfg.n_transit
     if method == "ad":
         act = 2 * token_macs(cfg, 2 * n + 2)
@@ -65,7 +66,7 @@ def macs_per_action(method: str, cfg: ModelConfig, n_actions: int,
         one = pass_macs(cfg, n + 1)
     else:
         one = pass_macs(cfg, 4 * IDT_C + 4 * plan.depth)
-    return act + (states + actions) * one
+    return act + planned_share * (states + actions) * one
 
 
 __all__ = ["macs_per_action", "pass_macs", "search_calls", "token_macs"]

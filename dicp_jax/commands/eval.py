@@ -149,6 +149,6 @@ def _macs_note(trained, cfg, share: float) -> list[str]:
         policy = macs_per_action(method, model_cfg, int(n_actions))
     except ValueError:  # no cost model for this method
         return []
-    mean = share * search + (1 - share) * policy
+    mean = macs_per_action(method, model_cfg, int(n_actions), cfg.plan, share)
     return [f"multiply-adds per action: {mean / 1e6:.3g}M on average ({search / 1e6:.3g}M on "
             f"a searched step, {policy / 1e6:.3g}M on a policy step)"]
