@@ -275,6 +275,24 @@ def first_carry(agent: Agent, codec: Any, n_transit: int, obs: jax.Array, env_st
                  agent.init(TaskInfo(target, jax.random.fold_in(key, AGENT_KEY))), key)
 
 
+def split_step_keys(keys: jax.Array) -> jax.Array:
+    """Each task's key [B, 2] -> its (next, act, env) keys, stacked ``[3, B, 2]``: one
+    real step's randomness, the same in the one-jit rollout and the host loop."""
+    return jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(keys), 1, 0)
+
+
+def take_in(carry: Carry, action: jax.Array, obs: jax.Array, reward: jax.Array,
+            done: jax.Array, final: jax.Array) -> Carry:
+    """One task's carry after ``action``: ``obs`` is the next observation (a reset one when
+    ``done``), ``final`` the true last one; shared by the rollout and the host loop."""
+    now = carry.now
+    last = Transition(now.obs, action, reward, final, done)
+    nxt = Step(obs=obs, prev_reward=reward, first=done, step=now.step + 1,
+               episode_step=jnp.where(done, 0, now.episode_step + 1), last=last)
+    return carry._replace(now=nxt, last_reward_step=jnp.where(
+        reward > 0, now.step, carry.last_reward_step))
+
+
 def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
                  n_transit: int) -> Callable[[Any, jax.Array], Rollout]:
     """A batch of tasks' meta-test: ``rollout(env_params [B], keys [B]) -> Rollout [B]``
@@ -294,20 +312,15 @@ def make_rollout(env: Any, agent: Agent, codec: Any, cfg: EvalConfig,
         now = carry.now
         obs, env_state, reward, terminated, truncated, info = env.step(
             key_env, carry.env_state, action, params)
-        done = terminated | truncated
         reward = reward.astype(jnp.float32)
-        last = Transition(now.obs, action, reward, info["final_observation"], done)
-        last_reward_step = jnp.where(reward > 0, now.step, carry.last_reward_step)
-        nxt = Step(obs=obs, prev_reward=reward, first=done, step=now.step + 1,
-                   episode_step=jnp.where(done, 0, now.episode_step + 1), last=last)
         reports_success.append("success" in info)  # static: known while tracing
         success = info.get("success", jnp.float32(0.0)) > 0
-        return (carry._replace(env_state=env_state, now=nxt, last_reward_step=last_reward_step),
-                (now.obs, reward, success))
+        carry = take_in(carry._replace(env_state=env_state), action, obs, reward,
+                        terminated | truncated, info["final_observation"])
+        return carry, (now.obs, reward, success)
 
     def step(carry: Carry, _: None, params: Any):
-        key, key_act, key_env = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(
-            carry.key), 1, 0)  # [3, B, 2]
+        key, key_act, key_env = split_step_keys(carry.key)
         carry, action, planned = act(carry._replace(key=key), key_act)
         carry, (obs, reward, success) = jax.vmap(env_step)(carry, action, key_env, params)
         return carry, (obs, action, reward, success, planned)

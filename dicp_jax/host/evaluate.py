@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dicp_jax import methods
@@ -30,9 +29,10 @@ from dicp_jax.evaluate import (
     check_env,
     first_carry,
     make_act,
+    split_step_keys,
+    take_in,
     target_return,
 )
-from dicp_jax.methods.base import Step, Transition
 from dicp_jax.rng import task_keys
 
 
@@ -50,9 +50,7 @@ def make_host_steps(env: Any, agent_factory: Any, codec: Any, cfg: EvalConfig,
 
     def act(params, carry):
         step_act = make_act(agent_factory(params), codec, cfg, n_transit, env.horizon)
-        # as the rollout: each task's key splits into (next, act, env) keys
-        key, key_act, _ = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(
-            carry.key), 1, 0)
+        key, key_act, _ = split_step_keys(carry.key)  # as the rollout
         carry, action, _ = step_act(carry._replace(key=key), key_act)
         return carry, action
 
@@ -61,14 +59,6 @@ def make_host_steps(env: Any, agent_factory: Any, codec: Any, cfg: EvalConfig,
         _, key = jax.random.split(key)  # the rollout's reset key (unused: the host resets)
         return first_carry(agent, codec, n_transit, obs, None,
                            target_return(env, None, cfg), key)
-
-    def take_in(carry, action, obs, reward, done, final):
-        now = carry.now
-        last = Transition(now.obs, action, reward, final, done)
-        nxt = Step(obs=obs, prev_reward=reward, first=done, step=now.step + 1,
-                   episode_step=jnp.where(done, 0, now.episode_step + 1), last=last)
-        return carry._replace(now=nxt, last_reward_step=jnp.where(
-            reward > 0, now.step, carry.last_reward_step))
 
     def start_all(params, keys, obs):
         return act(params, jax.vmap(start_one, in_axes=(None, 0, 0))(params, keys, obs))
