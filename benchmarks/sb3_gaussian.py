@@ -10,7 +10,8 @@ on the same machine, using all of it:
 - SB3: one process per task (as many at a time as cores), one torch thread each, stepping
   the *same* jitted Brax Reach env: 100 streams as one vmapped call per vector step
   (``JaxVecEnv``), so SB3 pays for its learner, not for a slow env. SB3 sees the true last
-  observation of a time-limit step (``terminal_observation``), so it bootstraps as ours.
+  observation of a time-limit step (``terminal_observation``), so it bootstraps as ours
+  (``sb3_vecenv.py``).
 
 Reported: env steps/s of each (all tasks' steps over wall time) and their ratio.
 
@@ -42,13 +43,10 @@ ENV = "reach"
 def sb3_one_task(task: int, steps_per_stream: int, seed: int) -> dict:
     """SB3 PPO on one Reach task (own process, one torch thread); wall seconds of learn()."""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-    import gymnasium as gym
     import jax
-    import jax.numpy as jnp
     import numpy as np
+    import sb3_vecenv
     import torch
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import VecEnv
 
     import dicp_envs
     from dicp_jax.sources.gaussian_ppo import paper_config
@@ -58,67 +56,8 @@ def sb3_one_task(task: int, steps_per_stream: int, seed: int) -> dict:
     cfg = paper_config(ENV, steps_per_stream=steps_per_stream)
     params = jax.tree.map(lambda a: a[0], env.params_for(np.asarray(env.task_list())[[task]]))
     n = cfg.n_streams
-
-    class JaxVecEnv(VecEnv):
-        """``n`` copies of one task, stepped by one jitted vmapped call."""
-
-        def __init__(self) -> None:
-            obs_dim = int(env.obs_dim)
-            space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-            action = gym.spaces.Box(-1.0, 1.0, (int(env.action_dim),), np.float32)
-            super().__init__(n, space, action)
-            self._key = jax.random.PRNGKey(seed)
-            self._reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
-            self._step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
-            self._state, self._actions = None, None
-
-        def _keys(self):
-            self._key, sub = jax.random.split(self._key)
-            return jax.random.split(sub, n)
-
-        def reset(self):
-            obs, self._state = self._reset(self._keys(), params)
-            return np.array(obs)
-
-        def step_async(self, actions):
-            self._actions = jnp.asarray(actions, jnp.float32)
-
-        def step_wait(self):
-            obs, self._state, reward, term, trunc, info = self._step(
-                self._keys(), self._state, self._actions, params)
-            obs, reward = np.array(obs), np.array(reward, np.float32)  # writable copies
-            term, trunc = np.asarray(term), np.asarray(trunc)
-            final = np.asarray(info["final_observation"])
-            done = term | trunc
-            infos = [{"terminal_observation": final[i],
-                      "TimeLimit.truncated": bool(trunc[i] and not term[i])} if done[i] else {}
-                     for i in range(n)]
-            return obs, reward, done, infos
-
-        def close(self):
-            pass
-
-        def get_attr(self, name, indices=None):
-            return [None] * n
-
-        def set_attr(self, name, value, indices=None):
-            pass
-
-        def env_method(self, name, *args, indices=None, **kwargs):
-            return [None] * n
-
-        def env_is_wrapped(self, wrapper_class, indices=None):
-            return [False] * n
-
-        def seed(self, seed=None):
-            return [None] * n
-
-    venv = JaxVecEnv()
-    model = PPO("MlpPolicy", venv, n_steps=cfg.n_steps, batch_size=cfg.minibatch_size,
-                n_epochs=cfg.n_epochs, learning_rate=cfg.lr, gamma=cfg.gamma,
-                gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_eps, ent_coef=cfg.ent_coef,
-                vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=seed, device="cpu",
-                verbose=0)
+    venv = sb3_vecenv.make(env, params, n, seed)
+    model = sb3_vecenv.ppo(venv, cfg, seed)
     venv.reset()
     venv.step_async(np.zeros((n, int(env.action_dim)), np.float32))
     venv.step_wait()  # compile the env outside the clock
