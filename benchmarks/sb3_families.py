@@ -59,7 +59,7 @@ def sb3_one_task(family: str, task: int, steps_per_stream: int, seed: int) -> di
             "mean_return": returns.mean(0).tolist(), "wall_s": time.perf_counter() - t0}
 
 
-def ours(family: str, tasks: list[int], steps_per_stream: int) -> dict:
+def ours(family: str, tasks: list[int], steps_per_stream: int, seed: int) -> dict:
     """Our PPO on ``tasks`` (seed 0: bit for bit the dataset's histories)."""
     import numpy as np
 
@@ -68,7 +68,7 @@ def ours(family: str, tasks: list[int], steps_per_stream: int) -> dict:
     from dicp_jax.sources.ppo import paper_config
 
     env, _ = dicp_envs.make(family)
-    cfg = paper_config(family, steps_per_stream=steps_per_stream)
+    cfg = paper_config(family, steps_per_stream=steps_per_stream, seed=seed)
     stats: dict = {}
     _, returns = collect(env, np.asarray(tasks), cfg, stats=stats)  # [tasks, episodes]
     return {"mean_return": np.asarray(returns).tolist(), "run_s": stats["run_s"]}
@@ -92,7 +92,7 @@ def fractions(curves: list[list[float]], opt: list[float]) -> list[list[float]]:
 
 
 def summary(per_episode: list[list[float]]) -> dict:
-    """Per-task last-5-episode fraction of optimal, its mean and the tasks below half."""
+    """Per-run last-5-episode fraction of optimal, its mean and the runs below half."""
     import numpy as np
 
     last5 = np.asarray([np.mean(f[-5:]) for f in per_episode])
@@ -105,8 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     ap.add_argument("--tasks", type=int, default=4, help="train tasks per family (drawn "
                     "with numpy default_rng(2026) from the split's train tasks)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="learner seeds, each run by both learners on every task")
     ap.add_argument("--steps-per-stream", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     import numpy as np
 
@@ -115,32 +118,35 @@ def main(argv: list[str] | None = None) -> None:
     chosen = {f: sorted(int(t) for t in np.random.default_rng(2026).choice(
         dicp_envs.split_indices(f, "train"), args.tasks, replace=False))
         for f in args.families}
-    jobs = [(f, t, args.steps_per_stream, 0) for f in args.families for t in chosen[f]]
+    jobs = [(f, t, args.steps_per_stream, seed) for f in args.families for seed in args.seeds
+            for t in chosen[f]]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(min(args.workers, len(jobs)), maxtasksperchild=1) as pool:
         sb3 = pool.starmap(sb3_one_task, jobs)
     sb3_wall = time.perf_counter() - t0
-    result: dict = {"steps_per_stream": args.steps_per_stream, "seed": 0,
+    result: dict = {"steps_per_stream": args.steps_per_stream, "seeds": args.seeds,
                     "machine": platform.processor() or platform.machine(),
                     "sb3_wall_s": sb3_wall, "families": {}}
     for f in args.families:
         opt = optimal(f, chosen[f])
-        mine = ours(f, chosen[f], args.steps_per_stream)
-        theirs = [r for r in sb3 if r["family"] == f]
-        ours_frac = fractions(mine["mean_return"], opt)
-        sb3_frac = fractions([r["mean_return"] for r in theirs], opt)
+        mine = [ours(f, chosen[f], args.steps_per_stream, seed) for seed in args.seeds]
+        theirs = [r for r in sb3 if r["family"] == f]  # seed-major, tasks in order
+        ours_frac = [c for m in mine for c in fractions(m["mean_return"], opt)]
+        sb3_frac = fractions([r["mean_return"] for r in theirs], opt * len(args.seeds))
+        runs = [{"task": t, "seed": seed} for seed in args.seeds for t in chosen[f]]
         result["families"][f] = {
-            "tasks": chosen[f], "optimal_return": opt,
+            "tasks": chosen[f], "optimal_return": opt, "runs": runs,
             "ours": {"fraction_per_episode": ours_frac, **summary(ours_frac),
-                     "run_s": mine["run_s"]},
+                     "run_s": [m["run_s"] for m in mine]},
             "sb3": {"fraction_per_episode": sb3_frac, **summary(sb3_frac),
                     "wall_s": [r["wall_s"] for r in theirs]}}
-        print(f"{f}: last 5 episodes, fraction of optimal (mean over {len(opt)} tasks): "
-              f"ours {result['families'][f]['ours']['last5_mean']:.3f}, "
-              f"SB3 {result['families'][f]['sb3']['last5_mean']:.3f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+        for name in ("ours", "sb3"):
+            got = result["families"][f][name]
+            print(f"{f} {name}: last 5 episodes at {got['last5_mean']:.3f} of optimal "
+                  f"(mean of {len(runs)} runs), {got['below_half']} runs below half")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
