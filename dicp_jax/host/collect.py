@@ -46,9 +46,11 @@ WORKERS_VAR = "DICP_HOST_WORKERS"
 
 def default_workers() -> int:
     """Worker processes stepping the envs (0: in this process): ``$DICP_HOST_WORKERS`` if
-    set, else one per usable core on machines of more than 2 cores. Why not on 2: there the
-    jitted policy or model step shares the cores with the envs, and 2 workers stepped
-    fewer envs per second than this process alone (BENCHMARKS.md, "Meta-World (host)")."""
+    set, else one per usable core when there are at least 2. The jitted policy or model
+    step and the envs take turns, so the workers have the cores while the envs step;
+    measured on a quiet 2-core machine, 2 workers made a meta-test step faster than this
+    process alone (BENCHMARKS.md, "Meta-World (host)"). On a machine shared with other
+    jobs the pool can lose: set ``DICP_HOST_WORKERS=0`` there."""
     if os.environ.get(WORKERS_VAR, "").strip():
         try:
             n = int(os.environ[WORKERS_VAR])
@@ -61,7 +63,7 @@ def default_workers() -> int:
                               f"process), got {os.environ[WORKERS_VAR]!r}")
         return n
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return int(n) if n and n > 2 else 0
+    return int(n) if n and n >= 2 else 0
 
 
 @functools.lru_cache(maxsize=4)
