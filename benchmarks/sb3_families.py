@@ -30,6 +30,8 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "results" / "sb3_families.json"
 FAMILIES = ("dark_key_to_door", "darkroom_permuted")
 
@@ -38,7 +40,6 @@ def sb3_one_task(family: str, task: int, steps_per_stream: int, seed: int) -> di
     """SB3 PPO on one task (own process, one torch thread): per-episode mean return."""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     import jax
-    import numpy as np
     import sb3_vecenv
     import torch
 
@@ -61,8 +62,6 @@ def sb3_one_task(family: str, task: int, steps_per_stream: int, seed: int) -> di
 
 def ours(family: str, tasks: list[int], steps_per_stream: int, seed: int) -> dict:
     """Our PPO on ``tasks`` (seed 0: bit for bit the dataset's histories)."""
-    import numpy as np
-
     import dicp_envs
     from dicp_jax.collect import collect
     from dicp_jax.sources.ppo import paper_config
@@ -75,8 +74,6 @@ def ours(family: str, tasks: list[int], steps_per_stream: int, seed: int) -> dic
 
 
 def optimal(family: str, tasks: list[int]) -> list[float]:
-    import numpy as np
-
     import dicp_envs
 
     env, _ = dicp_envs.make(family)
@@ -86,15 +83,11 @@ def optimal(family: str, tasks: list[int]) -> list[float]:
 
 def fractions(curves: list[list[float]], opt: list[float]) -> list[list[float]]:
     """Each task's per-episode returns as fractions of its optimal return."""
-    import numpy as np
-
     return [(np.asarray(c) / o).tolist() for c, o in zip(curves, opt, strict=True)]
 
 
 def summary(per_episode: list[list[float]]) -> dict:
     """Per-run last-5-episode fraction of optimal, its mean and the runs below half."""
-    import numpy as np
-
     last5 = np.asarray([np.mean(f[-5:]) for f in per_episode])
     return {"last5_per_task": last5.round(3).tolist(), "last5_mean": float(last5.mean()),
             "below_half": int((last5 < 0.5).sum())}
@@ -111,8 +104,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    import numpy as np
-
     import dicp_envs
 
     chosen = {f: sorted(int(t) for t in np.random.default_rng(2026).choice(
